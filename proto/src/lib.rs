@@ -1,0 +1,47 @@
+//! The host–guest contract of vm_tools, in one crate: the generated protos, the kernel
+//! command line keys, the well-known ports, token authentication and the transports.
+
+#[cfg(feature = "grpc")]
+#[allow(warnings, clippy::all, clippy::undocumented_unsafe_blocks)]
+pub mod protos {
+    include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+}
+
+pub mod address;
+pub mod auth;
+#[cfg(feature = "grpc")]
+pub mod client;
+pub mod cmdline;
+pub mod listener;
+#[cfg(feature = "grpc")]
+pub mod server;
+mod sys;
+pub mod transport;
+
+pub use address::{Address, AddressError};
+pub use auth::{Token, TokenError};
+#[cfg(feature = "grpc")]
+pub use client::{CallError, Connector};
+pub use cmdline::{CmdlineError, GuestParams};
+pub use listener::{Listener, Peer};
+#[cfg(feature = "grpc")]
+pub use server::{GrpcServer, ServerError};
+pub use transport::{connect, connect_with_timeout, TransportError};
+
+/// The vsock port maitred serves `Maitred` on inside the guest.
+pub const MAITRED_PORT: u32 = 8888;
+/// The vsock CID of the host, as seen from a guest.
+pub const HOST_CID: u32 = 2;
+/// `VMADDR_CID_ANY`: listen on every CID.
+pub const ANY_CID: u32 = u32::MAX;
+
+#[cfg(feature = "grpc")]
+/// One gRPC environment (one completion queue) is all these small daemons need.
+pub fn grpc_environment(name: &str) -> std::sync::Arc<grpcio::Environment> {
+    std::sync::Arc::new(
+        grpcio::EnvBuilder::new()
+            .cq_count(1)
+            .name_prefix(name)
+            .build(),
+    )
+}

@@ -1,0 +1,174 @@
+//! A gRPC server fed by our own listeners: one blocking acceptor thread per listener hands
+//! each accepted socket (non-blocking, peer checked) to a running grpcio server. Every call
+//! must carry the access token ([`crate::auth::TokenChecker`]).
+
+use std::fmt;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use grpcio::{Environment, Server, ServerBuilder, Service};
+
+use crate::address::Address;
+use crate::auth::{Token, TokenChecker};
+use crate::listener::{Listener, Peer};
+use crate::sys;
+
+/// Decides whether a connecting peer may talk to this server at all.
+pub type PeerFilter = Arc<dyn Fn(&Peer) -> bool + Send + Sync>;
+
+/// Lets every peer connect; the token still guards every call.
+pub fn any_peer() -> PeerFilter {
+    Arc::new(|_| true)
+}
+
+#[derive(Debug)]
+pub enum ServerError {
+    Build(grpcio::Error),
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Build(e) => write!(f, "cannot start the gRPC server: {e}"),
+            Self::Thread(e) => write!(f, "cannot start an acceptor thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+struct Shared {
+    server: Mutex<Server>,
+    filter: PeerFilter,
+    stopping: AtomicBool,
+    refused: AtomicU64,
+}
+
+impl Shared {
+    fn add_connection(&self, fd: OwnedFd) {
+        let Ok(mut server) = self.server.lock() else {
+            return; // A panicked holder: drop the connection rather than spread the panic.
+        };
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is a connected, non-blocking stream socket whose ownership we just
+        // released; grpcio owns and closes it from here on and no other code touches it.
+        unsafe { server.add_channel_from_fd(raw) };
+    }
+}
+
+pub struct GrpcServer {
+    shared: Arc<Shared>,
+    listeners: Vec<Arc<Listener>>,
+    acceptors: Vec<JoinHandle<()>>,
+}
+
+impl GrpcServer {
+    /// Starts serving `services` on every listener. Peers `filter` refuses are disconnected
+    /// before grpcio sees them.
+    pub fn start(
+        env: Arc<Environment>,
+        services: Vec<Service>,
+        token: Token,
+        listeners: Vec<Listener>,
+        filter: PeerFilter,
+    ) -> Result<GrpcServer, ServerError> {
+        let mut builder = ServerBuilder::new(env).add_checker(TokenChecker::new(token));
+        for service in services {
+            builder = builder.register_service(service);
+        }
+        let mut server = builder.build().map_err(ServerError::Build)?;
+        server.start();
+        let shared = Arc::new(Shared {
+            server: Mutex::new(server),
+            filter,
+            stopping: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+        });
+        let mut this = GrpcServer {
+            shared,
+            listeners: Vec::new(),
+            acceptors: Vec::new(),
+        };
+        for listener in listeners {
+            let listener = Arc::new(listener);
+            let (shared, l) = (this.shared.clone(), listener.clone());
+            let handle = std::thread::Builder::new()
+                .name("grpc-accept".into())
+                .spawn(move || accept_loop(&shared, &l))
+                .map_err(ServerError::Thread)?;
+            this.listeners.push(listener);
+            this.acceptors.push(handle);
+        }
+        Ok(this)
+    }
+
+    /// Serves one already-connected socket (a socketpair, an inherited fd).
+    pub fn add_connection(&self, fd: OwnedFd) -> std::io::Result<()> {
+        crate::transport::set_nonblocking(&fd)?;
+        self.shared.add_connection(fd);
+        Ok(())
+    }
+
+    pub fn addresses(&self) -> Vec<Address> {
+        self.listeners.iter().map(|l| l.address().clone()).collect()
+    }
+
+    /// How many connections the peer filter refused.
+    pub fn refused_peers(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, then stops the gRPC server; in-flight calls are cancelled.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for listener in &self.listeners {
+            sys::shutdown_listener(listener.socket_fd());
+        }
+        for handle in self.acceptors.drain(..) {
+            let _ = handle.join();
+        }
+        self.listeners.clear();
+        if let Ok(mut server) = self.shared.server.lock() {
+            server.cancel_all_calls();
+            let _ = futures_executor::block_on(server.shutdown());
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(shared: &Shared, listener: &Listener) {
+    while !shared.stopping.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((fd, peer)) if (shared.filter)(&peer) => shared.add_connection(fd),
+            Ok((_, peer)) => {
+                // A foreign peer can make us log: only at the 1st, 2nd, 4th, 8th… refusal.
+                let n = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    eprintln!(
+                        "refused a connection on {} from {peer:?} ({n} refused so far)",
+                        listener.address()
+                    );
+                }
+            }
+            Err(_) if shared.stopping.load(Ordering::SeqCst) => break,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+# Sourced by the scripts: one place for the cache location and the dependency installs.
+# Every install is idempotent: it checks first and installs only what is missing.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export VM_TOOLS_CACHE=${VM_TOOLS_CACHE:-$HOME/.cache/vm_tools}
+# One target dir for every checkout on this machine: the gRPC C-core (7-10 min to build)
+# is then compiled once, not once per clone.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$VM_TOOLS_CACHE/target}
+export PATH="$HOME/.cargo/bin:$PATH"
+mkdir -p "$VM_TOOLS_CACHE"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# apt_need PKG... : installs the Debian packages that are not installed yet.
+apt_need() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+# cargo_need BIN CRATE [ARGS...] : cargo-installs CRATE unless BIN is on PATH.
+cargo_need() {
+    local bin=$1 crate=$2
+    shift 2
+    command -v "$bin" >/dev/null && return 0
+    log "installing $crate with cargo"
+    cargo install --locked "$crate" "$@" >&2
+}
+
+# What building the workspace needs: the gRPC C-core wants cmake and a C++ compiler.
+need_build_deps() {
+    apt_need cmake g++ make pkg-config
+}
