@@ -1,1 +1,169 @@
-fn main() {}
+//! maitred: the guest's PID 1 and its authenticated `Maitred` gRPC service.
+//!
+//! - `config`: the command line (host-mode flags for tests).
+//! - `pid1`: init-only setup: stdio, `mounts`, limits, console, lo, core_pattern.
+//! - `reaper`: the single waiter that owns every exit status.
+//! - `spawn`: fork/exec with exec errors reported back; `services`: boot services, respawn.
+//! - `launch`, `network`, `guest_ops`: the work behind each RPC; `rpc`: the gRPC service.
+//! - `host`: calls to the host (VmReady, ApplicationExited); `shutdown`: the orderly end.
+//! - `sys`: the raw system calls, each with its safety argument.
+
+mod config;
+mod context;
+mod guest_ops;
+mod host;
+mod launch;
+mod log;
+mod mounts;
+mod network;
+mod pid1;
+mod reaper;
+mod rpc;
+mod services;
+mod shutdown;
+mod spawn;
+mod sys;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+use vm_proto::protos::guest_grpc::create_maitred;
+use vm_proto::server::PeerFilter;
+use vm_proto::{Address, Connector, GrpcServer, GuestParams, Listener, Peer, HOST_CID};
+
+use crate::config::{Config, ConfigError, USAGE};
+use crate::context::{Context, Shutdown};
+use crate::shutdown::fatal;
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match Config::from_args(pid1, &args) {
+        Ok(config) => run(config),
+        Err(ConfigError::Help) => println!("{USAGE}"),
+        Err(e) => {
+            eprintln!("maitred: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The signals maitred handles, blocked in every thread and taken with sigwait.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+fn run(config: Config) {
+    let pid1 = config.pid1;
+    if pid1 {
+        if let Err(e) = pid1::early_setup() {
+            fatal(true, &e);
+        }
+    } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        fatal(
+            false,
+            &format!("cannot become a child subreaper: {}", e.desc()),
+        );
+    }
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = handled_signals();
+    if let Err(e) = signals.thread_block() {
+        fatal(pid1, &format!("cannot block signals: {}", e.desc()));
+    }
+
+    let cmdline = std::fs::read(&config.cmdline)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| {
+            fatal(
+                pid1,
+                &format!("cannot read {}: {e}", config.cmdline.display()),
+            )
+        });
+    let params =
+        GuestParams::from_cmdline(&cmdline).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    if pid1 {
+        pid1::set_hostname(&params.vm_id);
+    }
+
+    let env = vm_proto::grpc_environment("maitred");
+    let host_addr = config.host.clone().unwrap_or(Address::Vsock {
+        cid: HOST_CID,
+        port: params.host_port,
+    });
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded();
+    let ctx = Arc::new(Context {
+        reaper: reaper::Reaper::new(),
+        host: host::HostLink::new(Connector::new(env.clone(), host_addr, params.token.clone())),
+        pid1,
+        stopping: AtomicBool::new(false),
+        shutdown: shutdown_tx,
+    });
+
+    let signal_ctx = ctx.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signal_loop(&signal_ctx, signals))
+    {
+        fatal(pid1, &format!("cannot start the signal thread: {e}"));
+    }
+
+    services::start_all(&ctx, &config.services);
+
+    let listener = Listener::bind(&config.listen).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    // Over vsock only the host may call; a Unix socket is guarded by its file permissions.
+    let host_only: PeerFilter = Arc::new(|peer| match peer {
+        Peer::Vsock { cid, .. } => *cid == HOST_CID,
+        Peer::Unix { .. } => true,
+    });
+    let server = GrpcServer::start(
+        env,
+        vec![create_maitred(rpc::MaitredService::new(ctx.clone()))],
+        params.token.clone(),
+        vec![listener],
+        host_only,
+    )
+    .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    info!(
+        "serving Maitred on {} for VM {}",
+        config.listen, params.vm_id
+    );
+
+    let ready_ctx = ctx.clone();
+    let _ = std::thread::Builder::new()
+        .name("vm-ready".into())
+        .spawn(move || match ready_ctx.host.vm_ready() {
+            Ok(()) => info!(
+                "told the host at {} that the VM is ready",
+                ready_ctx.host.address()
+            ),
+            Err(e) => error!("VmReady failed: {e}"),
+        });
+
+    let why = shutdown_rx.recv().unwrap_or(Shutdown::Requested);
+    shutdown::shutdown(&ctx, &why);
+    server.shutdown();
+    info!("exiting ({why:?})");
+    std::process::exit(0);
+}
+
+fn signal_loop(ctx: &Context, signals: SigSet) {
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => ctx.reaper.reap(),
+            Ok(Signal::SIGHUP) => {}
+            Ok(signal) => ctx.request_shutdown(Shutdown::Signal(signal as i32)),
+            Err(_) => {}
+        }
+    }
+}

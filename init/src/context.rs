@@ -1,0 +1,32 @@
+//! What every part of maitred shares: the reaper, the host link and the shutdown request.
+
+use std::sync::atomic::AtomicBool;
+
+use crossbeam_channel::Sender;
+
+use crate::host::HostLink;
+use crate::reaper::Reaper;
+
+/// Why maitred should shut the VM down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shutdown {
+    Requested,
+    Signal(i32),
+    ApplicationExited,
+}
+
+pub struct Context {
+    pub reaper: Reaper,
+    pub host: HostLink,
+    /// True when maitred is the VM's init; false in host mode (tests, demos).
+    pub pid1: bool,
+    /// Set once shutdown begins: nothing is respawned after that.
+    pub stopping: AtomicBool,
+    pub shutdown: Sender<Shutdown>,
+}
+
+impl Context {
+    pub fn request_shutdown(&self, why: Shutdown) {
+        let _ = self.shutdown.send(why);
+    }
+}

@@ -1,0 +1,170 @@
+//! LaunchProcess: validate the request, start the process (once, or supervised with
+//! respawn), and for `wait_for_exit` collect its exit status and bounded output. The VM's
+//! application additionally reports its exit to the host and shuts the VM down.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use grpcio::{RpcStatus, RpcStatusCode};
+use vm_proto::protos::guest::{LaunchProcessRequest, LaunchProcessResponse, ProcessStatus};
+
+use crate::context::{Context, Shutdown};
+use crate::reaper::Exit;
+use crate::services;
+use crate::spawn::{self, ProcessSpec, SpawnError, Stdio};
+use crate::{error, info};
+
+/// Captured stdout and stderr are each cut at this size; the rest is read and dropped.
+pub const OUTPUT_LIMIT: usize = 1 << 20;
+
+fn invalid(message: &str) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, message.to_string())
+}
+
+pub fn validate(req: &LaunchProcessRequest) -> Result<ProcessSpec, RpcStatus> {
+    if req.get_argv().is_empty() {
+        return Err(invalid("argv is empty"));
+    }
+    if req.get_respawn() && req.get_wait_for_exit() {
+        return Err(invalid("respawn and wait_for_exit cannot be combined"));
+    }
+    if req.get_respawn() && req.get_is_application() {
+        return Err(invalid("the application cannot be respawned"));
+    }
+    if req.get_capture_output() && !req.get_wait_for_exit() {
+        return Err(invalid("capture_output needs wait_for_exit"));
+    }
+    if req.get_capture_output() && req.get_use_console() {
+        return Err(invalid("capture_output and use_console cannot be combined"));
+    }
+    let stdio = if req.get_capture_output() {
+        Stdio::Capture
+    } else if req.get_use_console() {
+        Stdio::Console
+    } else {
+        Stdio::Null
+    };
+    let mut env: Vec<(String, String)> = req
+        .get_env()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort(); // maps arrive in any order; keep the child's environment stable
+    let cwd = req.get_working_dir();
+    Ok(ProcessSpec {
+        argv: req.get_argv().to_vec(),
+        env,
+        cwd: (!cwd.is_empty()).then(|| cwd.into()),
+        stdio,
+    })
+}
+
+fn failed(err: &SpawnError) -> LaunchProcessResponse {
+    let mut resp = LaunchProcessResponse::new();
+    resp.set_status(ProcessStatus::FAILED);
+    resp.set_code(err.errno());
+    resp.set_reason(err.to_string());
+    resp
+}
+
+fn launched(pid: i32) -> LaunchProcessResponse {
+    let mut resp = LaunchProcessResponse::new();
+    resp.set_status(ProcessStatus::LAUNCHED);
+    resp.set_pid(pid as u32);
+    resp
+}
+
+fn set_exit(resp: &mut LaunchProcessResponse, exit: Exit) {
+    match exit {
+        Exit::Code(code) => {
+            resp.set_status(ProcessStatus::EXITED);
+            resp.set_code(code);
+        }
+        Exit::Signal(signal) => {
+            resp.set_status(ProcessStatus::SIGNALED);
+            resp.set_code(signal);
+        }
+    }
+}
+
+/// Reads `pipe` to its end, keeping at most [`OUTPUT_LIMIT`] bytes; true if it cut some.
+fn read_bounded(mut pipe: std::fs::File) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = OUTPUT_LIMIT - kept.len();
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    (kept, truncated)
+}
+
+/// The VM's application ended: tell the host, then power off.
+fn application_ended(ctx: &Context, pid: i32, exit: Exit) {
+    info!("application (pid {pid}) ended: {exit:?}");
+    if let Err(e) = ctx.host.application_exited(pid, exit) {
+        error!("cannot tell the host the application's exit status: {e}");
+    }
+    ctx.request_shutdown(Shutdown::ApplicationExited);
+}
+
+/// Runs a validated request. Blocks until the process exits when the request waits.
+pub fn launch(
+    ctx: &Arc<Context>,
+    req: &LaunchProcessRequest,
+) -> Result<LaunchProcessResponse, RpcStatus> {
+    let spec = validate(req)?;
+    if req.get_respawn() {
+        let name = spec.argv[0].clone();
+        return Ok(match services::start(ctx, &name, spec, true) {
+            Ok(pid) => launched(pid),
+            Err(e) => failed(&e),
+        });
+    }
+    let spawned = match spawn::spawn(&ctx.reaper, &spec) {
+        Ok(s) => s,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let pid = spawned.pid;
+    if !req.get_wait_for_exit() {
+        if req.get_is_application() {
+            let (ctx, exit_rx) = (ctx.clone(), spawned.exit);
+            std::thread::Builder::new()
+                .name("application".into())
+                .spawn(move || {
+                    if let Ok(exit) = exit_rx.recv() {
+                        application_ended(&ctx, pid, exit);
+                    }
+                })
+                .map_err(|e| RpcStatus::with_message(RpcStatusCode::INTERNAL, e.to_string()))?;
+        }
+        return Ok(launched(pid));
+    }
+
+    let mut resp = launched(pid);
+    if let Some((stdout, stderr)) = spawned.output {
+        let err_reader = std::thread::spawn(move || read_bounded(stderr));
+        let (out, out_cut) = read_bounded(stdout);
+        let (err, err_cut) = err_reader.join().unwrap_or_default();
+        resp.set_stdout(out);
+        resp.set_stdout_truncated(out_cut);
+        resp.set_stderr(err);
+        resp.set_stderr_truncated(err_cut);
+    }
+    let exit = spawned.exit.recv().map_err(|_| {
+        RpcStatus::with_message(RpcStatusCode::INTERNAL, "lost the exit status".to_string())
+    })?;
+    set_exit(&mut resp, exit);
+    if req.get_is_application() {
+        application_ended(ctx, pid, exit);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,137 @@
+//! What only the VM's init does, before anything else: valid stdio, the mounts, kernel log
+//! output, limits, the console, the hostname, lo, and the core dump pipe.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::resource::{setrlimit, Resource};
+
+use crate::mounts::{self, TABLE};
+use crate::{info, log, network, sys, warn};
+
+pub const CRASH_COLLECTOR: &str = "/sbin/crash_collector";
+/// `%P`: the pid in the initial namespace, so /proc lookups work for containers too.
+pub const CORE_PATTERN: &str = "|/sbin/crash_collector %P %s %t %e";
+/// /proc/PID stays readable while crash_collector streams the dump, for this many dumps.
+pub const CORE_PIPE_LIMIT: &str = "4";
+
+/// Makes fds 0-2 valid, opening the console (or /dev/null) for any that is closed.
+fn ensure_stdio() {
+    let closed = |fd: i32| {
+        // SAFETY: the fd is only borrowed for this one fcntl; if it is not open, F_GETFD
+        // fails with EBADF, which is the answer we want.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err()
+    };
+    if !(0..3).any(closed) {
+        return;
+    }
+    let open = |p: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .ok()
+            .map(OwnedFd::from)
+    };
+    if let Some(fd) = open("/dev/console").or_else(|| open("/dev/null")) {
+        // A failed dup leaves that fd closed; nothing better to do this early.
+        if closed(0) {
+            let _ = nix::unistd::dup2_stdin(&fd);
+        }
+        if closed(1) {
+            let _ = nix::unistd::dup2_stdout(&fd);
+        }
+        if closed(2) {
+            let _ = nix::unistd::dup2_stderr(&fd);
+        }
+        if fd.as_raw_fd() < 3 {
+            std::mem::forget(fd); // it *is* one of 0-2 now
+        }
+    }
+}
+
+/// Everything before the command line is read. An essential mount that fails is fatal.
+pub fn early_setup() -> Result<(), String> {
+    ensure_stdio();
+    for entry in TABLE {
+        if !mounts::wanted(entry) {
+            continue;
+        }
+        match mounts::mount_entry(entry) {
+            Ok(()) => {}
+            Err(e) if entry.essential => return Err(e.to_string()),
+            Err(e) => warn!("{e}; continuing without it"),
+        }
+        if entry.target == "/dev" {
+            log::use_kmsg();
+            ensure_stdio(); // /dev/console exists now, if it did not before
+        }
+    }
+    log::use_kmsg();
+    set_limits();
+    take_console();
+    if let Err(e) = network::loopback_up() {
+        warn!("{e}");
+    }
+    setup_core_pattern();
+    Ok(())
+}
+
+fn set_limits() {
+    let limits = [
+        (Resource::RLIMIT_NOFILE, 65_536, 65_536),
+        (
+            Resource::RLIMIT_CORE,
+            libc::RLIM_INFINITY,
+            libc::RLIM_INFINITY,
+        ),
+    ];
+    for (resource, soft, hard) in limits {
+        if let Err(e) = setrlimit(resource, soft, hard) {
+            warn!("setrlimit {resource:?}: {}", e.desc());
+        }
+    }
+}
+
+/// A new session with the console as controlling terminal.
+fn take_console() {
+    let _ = nix::unistd::setsid();
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        Ok(file) => {
+            let fd = OwnedFd::from(file);
+            if let Err(e) = sys::set_controlling_tty(&fd) {
+                warn!(
+                    "cannot make /dev/console the controlling terminal: {}",
+                    e.desc()
+                );
+            }
+        }
+        Err(e) => warn!("cannot open /dev/console: {e}"),
+    }
+}
+
+fn setup_core_pattern() {
+    if !Path::new(CRASH_COLLECTOR).exists() {
+        info!("{CRASH_COLLECTOR} is not in the image; core dumps stay with the kernel default");
+        return;
+    }
+    for (path, value) in [
+        ("/proc/sys/kernel/core_pattern", CORE_PATTERN),
+        ("/proc/sys/kernel/core_pipe_limit", CORE_PIPE_LIMIT),
+    ] {
+        if let Err(e) = std::fs::write(path, value) {
+            warn!("cannot write {path}: {e}");
+        }
+    }
+}
+
+pub fn set_hostname(vm_id: &str) {
+    if let Err(e) = nix::unistd::sethostname(vm_id) {
+        warn!("cannot set the hostname to {vm_id}: {}", e.desc());
+    }
+}

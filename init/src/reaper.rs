@@ -1,0 +1,114 @@
+//! The one and only waiter. Every exit status in this process goes through [`Reaper::reap`]
+//! (a `waitpid(-1, WNOHANG)` loop run on SIGCHLD), which hands it to whoever registered for
+//! that pid. Nothing else calls wait, so no status is ever stolen or lost, and orphans that
+//! the kernel re-parents to us are reaped too.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Default)]
+struct State {
+    waiters: HashMap<i32, Sender<Exit>>,
+    /// True once waitpid said ECHILD: we have no children at all.
+    childless: bool,
+}
+
+#[derive(Default)]
+pub struct Reaper {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Held while starting a process, so its exit cannot be published before it is registered.
+pub struct Registration<'a> {
+    state: MutexGuard<'a, State>,
+}
+
+impl Registration<'_> {
+    /// Registers `pid`; its exit status will arrive on the returned channel.
+    pub fn register(mut self, pid: i32) -> Receiver<Exit> {
+        let (tx, rx) = bounded(1);
+        self.state.waiters.insert(pid, tx);
+        self.state.childless = false;
+        rx
+    }
+}
+
+impl Reaper {
+    pub fn new() -> Reaper {
+        Reaper::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: take it anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Call before forking; call `register` with the child's pid after.
+    pub fn registration(&self) -> Registration<'_> {
+        Registration { state: self.lock() }
+    }
+
+    /// Reaps every child that has exited and publishes each status. Run on SIGCHLD.
+    pub fn reap(&self) {
+        loop {
+            let status = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG));
+            let (pid, exit) = match status {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, Exit::Signal(signal as i32)),
+                Ok(WaitStatus::StillAlive) => return,
+                Ok(_) => continue, // stopped/continued: not an exit
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // ECHILD: nobody left.
+                    let mut state = self.lock();
+                    state.childless = true;
+                    self.changed.notify_all();
+                    return;
+                }
+            };
+            let mut state = self.lock();
+            if let Some(tx) = state.waiters.remove(&pid.as_raw()) {
+                let _ = tx.send(exit);
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until we have no children left, or `timeout` passes. True if none are left.
+    pub fn wait_childless(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if state.childless {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = match self.changed.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Pids still registered (running processes we started).
+    pub fn tracked(&self) -> Vec<i32> {
+        self.lock().waiters.keys().copied().collect()
+    }
+}

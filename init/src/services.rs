@@ -1,0 +1,305 @@
+//! Boot services from `/etc/maitred/*.conf`, started in name order, and the respawn policy.
+//!
+//! A service file is `key = value` lines; `#` starts a comment line:
+//!
+//! ```text
+//! # /etc/maitred/10-syslog.conf
+//! argv = /sbin/vm_syslog --flag "an argument with spaces"
+//! env = RUST_LOG=info        # may repeat
+//! respawn = yes              # yes|no (default no)
+//! console = no               # stdio on /dev/console instead of /dev/null (default no)
+//! ```
+//!
+//! `argv` is split like the kernel command line (white space; double quotes group). A bad
+//! file is reported with its path and line and skipped; the other services still start.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::context::Context;
+use crate::spawn::{self, ProcessSpec, SpawnError, Stdio};
+use crate::{error, info, warn};
+
+/// The original vm_tools' policy: 10 spawns within 30 s and the service is stopped.
+pub const RESPAWN_LIMIT: usize = 10;
+pub const RESPAWN_WINDOW: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub spec: ProcessSpec,
+    pub respawn: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServiceConfigError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for ServiceConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.reason)
+        } else {
+            write!(f, "{}:{}: {}", self.path.display(), self.line, self.reason)
+        }
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "yes" | "true" | "1" => Some(true),
+        "no" | "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn parse_service(path: &Path, text: &str) -> Result<ServiceConfig, ServiceConfigError> {
+    let err = |line, reason: String| ServiceConfigError {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut spec = ProcessSpec {
+        argv: Vec::new(),
+        env: Vec::new(),
+        cwd: None,
+        stdio: Stdio::Null,
+    };
+    let mut respawn = false;
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| err(n, format!("expected `key = value`, got {line:?}")))?;
+        let (key, value) = (key.trim(), value.trim());
+        let flag = |v| {
+            parse_bool(v).ok_or_else(|| err(n, format!("{key}: expected yes or no, got {v:?}")))
+        };
+        match key {
+            "argv" => spec.argv = vm_proto::cmdline::words(value),
+            "env" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| err(n, format!("env: expected NAME=VALUE, got {value:?}")))?;
+                spec.env.push((k.to_string(), v.to_string()));
+            }
+            "respawn" => respawn = flag(value)?,
+            "console" => {
+                spec.stdio = if flag(value)? {
+                    Stdio::Console
+                } else {
+                    Stdio::Null
+                }
+            }
+            _ => {
+                return Err(err(
+                    n,
+                    format!("unknown key {key:?} (argv, env, respawn, console)"),
+                ))
+            }
+        }
+    }
+    if spec.argv.is_empty() {
+        return Err(err(0, "no argv".to_string()));
+    }
+    Ok(ServiceConfig {
+        name,
+        spec,
+        respawn,
+    })
+}
+
+/// Every `*.conf` in `dir`, in name order; each bad file becomes an error entry.
+pub fn load_dir(dir: &Path) -> Vec<Result<ServiceConfig, ServiceConfigError>> {
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+            .collect(),
+        Err(_) => return Vec::new(), // no directory, no services
+    };
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => parse_service(&path, &text),
+            Err(e) => Err(ServiceConfigError {
+                path,
+                line: 0,
+                reason: e.to_string(),
+            }),
+        })
+        .collect()
+}
+
+/// Spawn times within the window; refuses the spawn that would exceed the limit.
+#[derive(Debug, Default)]
+pub struct RespawnWindow {
+    spawns: VecDeque<Instant>,
+}
+
+impl RespawnWindow {
+    pub fn allow(&mut self, now: Instant) -> bool {
+        while self
+            .spawns
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RESPAWN_WINDOW)
+        {
+            self.spawns.pop_front();
+        }
+        if self.spawns.len() >= RESPAWN_LIMIT {
+            return false;
+        }
+        self.spawns.push_back(now);
+        true
+    }
+}
+
+/// Starts `spec`; with `respawn`, a thread restarts it whenever it exits, within the policy.
+/// Returns the first pid.
+pub fn start(
+    ctx: &Arc<Context>,
+    name: &str,
+    spec: ProcessSpec,
+    respawn: bool,
+) -> Result<i32, SpawnError> {
+    let mut window = RespawnWindow::default();
+    window.allow(Instant::now());
+    let first = spawn::spawn(&ctx.reaper, &spec)?;
+    let pid = first.pid;
+    let (ctx, name) = (ctx.clone(), name.to_string());
+    let thread_name = format!("svc-{name}");
+    let watcher = std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let mut exit_rx = first.exit;
+            loop {
+                let Ok(exit) = exit_rx.recv() else { return };
+                if ctx.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                if !respawn {
+                    info!("service {name} ended: {exit:?}");
+                    return;
+                }
+                if !window.allow(Instant::now()) {
+                    error!(
+                        "service {name} was spawned {RESPAWN_LIMIT} times within {}s; not restarting it",
+                        RESPAWN_WINDOW.as_secs()
+                    );
+                    return;
+                }
+                warn!("service {name} ended ({exit:?}); restarting");
+                match spawn::spawn(&ctx.reaper, &spec) {
+                    Ok(next) => exit_rx = next.exit,
+                    Err(e) => {
+                        error!("service {name}: {e}; not restarting it");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = watcher {
+        error!("{thread_name}: cannot start its watcher thread: {e}");
+    }
+    Ok(pid)
+}
+
+/// Starts every service in `dir`; errors are logged and skipped.
+pub fn start_all(ctx: &Arc<Context>, dir: &Path) {
+    for entry in load_dir(dir) {
+        match entry {
+            Ok(svc) => match start(ctx, &svc.name, svc.spec, svc.respawn) {
+                Ok(pid) => info!("started service {} (pid {pid})", svc.name),
+                Err(e) => error!("service {}: {e}", svc.name),
+            },
+            Err(e) => error!("skipping service: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServiceConfig, ServiceConfigError> {
+        parse_service(Path::new("/etc/maitred/10-x.conf"), text)
+    }
+
+    #[test]
+    fn parse_full_file() {
+        let svc = parse(
+            "# comment\nargv = /sbin/x -a \"b c\"\nenv = A=1=2\nenv=B=\nrespawn = yes\nconsole = no\n",
+        )
+        .unwrap();
+        assert_eq!(svc.name, "10-x");
+        assert_eq!(svc.spec.argv, vec!["/sbin/x", "-a", "b c"]);
+        assert_eq!(
+            svc.spec.env,
+            vec![("A".into(), "1=2".into()), ("B".into(), "".into())]
+        );
+        assert!(svc.respawn);
+        assert_eq!(svc.spec.stdio, Stdio::Null);
+    }
+
+    #[test]
+    fn parse_bad_files_name_path_and_line() {
+        let cases = [
+            ("argv = x\nrespawn = maybe\n", 2, "respawn"),
+            ("argv = x\nbogus = 1\n", 2, "unknown key"),
+            ("argv = x\njust words\n", 2, "key = value"),
+            ("env = =x\nargv = x\n", 1, "NAME=VALUE"),
+            ("respawn = yes\n", 0, "no argv"),
+        ];
+        for (text, line, want) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, line, "{text}");
+            let msg = err.to_string();
+            assert!(msg.contains(want) && msg.contains("10-x.conf"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn load_dir_keeps_order_and_reports_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("20-b.conf"), "argv = b\n").unwrap();
+        std::fs::write(dir.path().join("10-a.conf"), "argv = a\n").unwrap();
+        std::fs::write(dir.path().join("15-bad.conf"), "nonsense\n").unwrap();
+        std::fs::write(dir.path().join("README"), "not a service\n").unwrap();
+        let loaded = load_dir(dir.path());
+        assert_eq!(loaded.len(), 3);
+        assert_eq!(loaded[0].as_ref().unwrap().name, "10-a");
+        assert!(loaded[1].is_err());
+        assert_eq!(loaded[2].as_ref().unwrap().name, "20-b");
+        assert!(load_dir(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn respawn_window_allows_ten_in_thirty_seconds() {
+        let mut window = RespawnWindow::default();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(window.allow(t0 + Duration::from_secs(i)), "spawn {i}");
+        }
+        assert!(!window.allow(t0 + Duration::from_secs(10)));
+        // Once the first spawn is 30 s old, there is room again.
+        assert!(window.allow(t0 + Duration::from_secs(30)));
+        assert!(!window.allow(t0 + Duration::from_secs(30)));
+    }
+}

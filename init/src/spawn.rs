@@ -1,0 +1,302 @@
+//! Starting a process: resolve the program, prepare every C string before fork (the child of
+//! a multi-threaded fork may only make async-signal-safe calls), fork, and in the child:
+//! new session, stdio, clean signal state, chdir, execve. An exec failure comes back through
+//! a close-on-exec pipe as an errno, so the caller gets FAILED, never a "launched" corpse.
+
+use std::ffi::{CString, OsStr};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Receiver;
+use nix::errno::Errno;
+
+use crate::reaper::{Exit, Reaper};
+use crate::sys;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the child's fds 0-2 go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    Null,
+    Console,
+    /// stdin /dev/null, stdout and stderr into pipes the caller reads.
+    Capture,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub stdio: Stdio,
+}
+
+#[derive(Debug)]
+pub enum SpawnError {
+    EmptyArgv,
+    /// A NUL byte in an argument or the environment.
+    Nul(String),
+    NotFound(String),
+    /// The child could not exec (or set itself up); the errno it reported.
+    Exec {
+        program: String,
+        errno: Errno,
+    },
+    Setup {
+        what: &'static str,
+        errno: Errno,
+    },
+}
+
+impl SpawnError {
+    /// The errno to report as a FAILED LaunchProcess code.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::EmptyArgv | Self::Nul(_) => libc::EINVAL,
+            Self::NotFound(_) => libc::ENOENT,
+            Self::Exec { errno, .. } | Self::Setup { errno, .. } => *errno as i32,
+        }
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyArgv => write!(f, "argv is empty"),
+            Self::Nul(what) => write!(f, "{what} contains a NUL byte"),
+            Self::NotFound(p) => write!(f, "{p}: not found in PATH"),
+            Self::Exec { program, errno } => {
+                write!(f, "cannot execute {program}: {}", errno.desc())
+            }
+            Self::Setup { what, errno } => write!(f, "{what} failed: {}", errno.desc()),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: Receiver<Exit>,
+    /// With [`Stdio::Capture`]: the read ends of stdout and stderr.
+    pub output: Option<(File, File)>,
+}
+
+/// Everything the child needs, as C data, built before fork.
+pub struct Prepared {
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: CString,
+}
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul(what.to_string()))
+}
+
+/// `execvp`'s search, done in the parent with the child's PATH.
+pub fn resolve(program: &str, path_var: &str) -> Option<PathBuf> {
+    let is_executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    path_var
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| is_executable(p))
+}
+
+pub fn prepare(spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
+    let first = spec.argv.first().ok_or(SpawnError::EmptyArgv)?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".to_string(), DEFAULT_PATH.to_string()));
+    }
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let program = resolve(first, path_var).ok_or_else(|| SpawnError::NotFound(first.clone()))?;
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes(), "an argument"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            if k.is_empty() || k.contains('=') {
+                return Err(SpawnError::Nul(format!(
+                    "environment name {k:?} (empty or with '=')"
+                )));
+            }
+            cstring(format!("{k}={v}").as_bytes(), "the environment")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cwd = spec.cwd.as_deref().unwrap_or(Path::new("/"));
+    Ok(Prepared {
+        program: cstring(program.as_os_str().as_bytes(), "the program path")?,
+        argv,
+        envp,
+        cwd: cstring(OsStr::as_bytes(cwd.as_os_str()), "the working directory")?,
+    })
+}
+
+/// The fds the child's 0, 1 and 2 become.
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnError> {
+    let open = |path: &str, what: &'static str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(OwnedFd::from)
+            .map_err(|e| SpawnError::Setup {
+                what,
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
+    };
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| SpawnError::Setup {
+            what: "pipe2",
+            errno,
+        })
+    };
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone().map_err(|e| SpawnError::Setup {
+            what: "dup",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })
+    };
+    match stdio {
+        Stdio::Null | Stdio::Console => {
+            let path = if stdio == Stdio::Null {
+                "/dev/null"
+            } else {
+                "/dev/console"
+            };
+            let fd = open(path, "opening the child's stdio")?;
+            Ok((
+                ChildStdio {
+                    stdin: dup(&fd)?,
+                    stdout: dup(&fd)?,
+                    stderr: fd,
+                },
+                None,
+            ))
+        }
+        Stdio::Capture => {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let stdin = open("/dev/null", "opening /dev/null")?;
+            Ok((
+                ChildStdio {
+                    stdin,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+                Some((File::from(out_r), File::from(err_r))),
+            ))
+        }
+    }
+}
+
+/// Starts `spec` and registers it with `reaper` before it can be reaped.
+pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
+    let prepared = prepare(spec)?;
+    let (stdio, output) = open_stdio(spec.stdio)?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| SpawnError::Setup {
+            what: "pipe2",
+            errno,
+        })?;
+
+    let registration = reaper.registration();
+    let pid = sys::fork_exec(&prepared, &stdio, &err_w).map_err(|errno| SpawnError::Setup {
+        what: "fork",
+        errno,
+    })?;
+    let exit = registration.register(pid);
+    drop((stdio, err_w));
+
+    // Empty read: exec succeeded (the pipe closed on exec). Otherwise the child's errno.
+    let mut report = [0u8; 4];
+    let mut err_r = File::from(err_r);
+    match read_full(&mut err_r, &mut report) {
+        Ok(0) => Ok(Spawned { pid, exit, output }),
+        Ok(_) => Err(SpawnError::Exec {
+            program: spec.argv[0].clone(),
+            errno: Errno::from_raw(i32::from_ne_bytes(report)),
+        }),
+        Err(e) => Err(SpawnError::Setup {
+            what: "reading the exec status",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        }),
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str]) -> ProcessSpec {
+        ProcessSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            stdio: Stdio::Null,
+        }
+    }
+
+    #[test]
+    fn prepare_adds_default_path_and_resolves() {
+        let p = prepare(&spec(&["sh", "-c", "true"])).unwrap();
+        assert!(p.program.to_bytes().ends_with(b"/sh"));
+        assert!(p.envp.iter().any(|e| e.to_bytes().starts_with(b"PATH=")));
+    }
+
+    #[test]
+    fn prepare_bad_input_is_a_clear_error() {
+        assert!(matches!(prepare(&spec(&[])), Err(SpawnError::EmptyArgv)));
+        assert!(matches!(
+            prepare(&spec(&["no-such-program-here"])),
+            Err(SpawnError::NotFound(_))
+        ));
+        assert!(matches!(
+            prepare(&spec(&["sh", "a\0b"])),
+            Err(SpawnError::Nul(_))
+        ));
+        let mut bad_env = spec(&["sh"]);
+        bad_env.env.push(("A=B".into(), "c".into()));
+        assert!(matches!(prepare(&bad_env), Err(SpawnError::Nul(_))));
+    }
+}

@@ -1,0 +1,192 @@
+//! Every raw system call maitred makes that nix does not wrap safely, each in one small
+//! function with its safety argument. Everything above this module is safe Rust.
+
+use std::ffi::{c_char, CStr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+use crate::spawn::{ChildStdio, Prepared};
+
+fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Forks; the child sets itself up and execs `prepared`, or writes its errno to `report` and
+/// exits 127. Returns the child's pid.
+pub fn fork_exec(prepared: &Prepared, stdio: &ChildStdio, report: &OwnedFd) -> Result<i32, Errno> {
+    // All allocation happens here, before fork.
+    let argv = null_terminated(&prepared.argv);
+    let envp = null_terminated(&prepared.envp);
+    let fds = [
+        stdio.stdin.as_raw_fd(),
+        stdio.stdout.as_raw_fd(),
+        stdio.stderr.as_raw_fd(),
+    ];
+    let report = report.as_raw_fd();
+
+    // SAFETY: fork has no memory-safety preconditions. The child below only calls
+    // async-signal-safe functions on data prepared before the fork, then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    // SAFETY: we are the child of fork(); the pointers are into `prepared`, `argv` and
+    // `envp`, which the child's copy of memory still holds.
+    unsafe { child_exec(&prepared.program, &prepared.cwd, &argv, &envp, fds, report) }
+}
+
+/// In the forked child. Never returns.
+///
+/// # Safety
+/// Call only in a freshly forked child; the pointers must be valid and NUL-terminated.
+unsafe fn child_exec(
+    program: &CStr,
+    cwd: &CStr,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+    fds: [i32; 3],
+    report: i32,
+) -> ! {
+    let fail = |errno: i32| -> ! {
+        let bytes = errno.to_ne_bytes();
+        // SAFETY: writing 4 bytes from a live local buffer, then _exit, both async-signal-safe.
+        unsafe {
+            libc::write(report, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        }
+    };
+    // SAFETY: each call is async-signal-safe and takes plain integers or pointers to live,
+    // NUL-terminated data prepared before the fork.
+    unsafe {
+        libc::setsid();
+        for (target, fd) in fds.into_iter().enumerate() {
+            if libc::dup2(fd, target as i32) < 0 {
+                fail(*libc::__errno_location());
+            }
+        }
+        // A console child gets it as controlling terminal if nobody holds it; not fatal.
+        libc::ioctl(0, libc::TIOCSCTTY, 0);
+        // Start from a clean signal state: default dispositions, nothing blocked.
+        for signal in 1..libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if libc::chdir(cwd.as_ptr()) < 0 {
+            fail(*libc::__errno_location());
+        }
+        // No fd of ours leaks into the program; the report pipe is already close-on-exec.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(*libc::__errno_location())
+    }
+}
+
+/// `ioctl(fd, TIOCSCTTY, 1)`: make `fd`'s terminal our controlling terminal.
+pub fn set_controlling_tty(fd: &OwnedFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument; `fd` is open for the call's duration.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 1) };
+    Errno::result(rc).map(drop)
+}
+
+/// Sets the flags of network interface `name` through `socket` (SIOCGIFFLAGS/SIOCSIFFLAGS).
+pub fn set_interface_up(socket: &OwnedFd, name: &str) -> Result<(), Errno> {
+    let mut req = ifreq(name)?;
+    // SAFETY: `req` is a valid ifreq for this interface name; the kernel fills ifru_flags.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: reading and writing the flags member of the union the kernel just filled.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS reads the ifreq.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+/// SIOCSIFADDR or SIOCSIFNETMASK with an IPv4 address (network byte order as `u32` bytes).
+pub fn set_interface_ipv4(
+    socket: &OwnedFd,
+    name: &str,
+    request: libc::Ioctl,
+    addr: std::net::Ipv4Addr,
+) -> Result<(), Errno> {
+    let mut req = ifreq(name)?;
+    let sin = sockaddr_in(addr);
+    // SAFETY: ifru_addr is a sockaddr-sized union member; a sockaddr_in fits in it exactly.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&sin as *const libc::sockaddr_in).cast::<u8>(),
+            (&mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_in>(),
+        );
+    }
+    // SAFETY: `req` is a valid ifreq holding the name and address for this request.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), request, &req) }).map(drop)
+}
+
+/// Adds a default route via `gateway` (SIOCADDRT).
+pub fn add_default_route(socket: &OwnedFd, gateway: std::net::Ipv4Addr) -> Result<(), Errno> {
+    // SAFETY: rtentry is plain data; all-zero is its documented empty value.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    let any = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    let gw = sockaddr_in(gateway);
+    // SAFETY: each rt_* field is a sockaddr; a sockaddr_in has the same size.
+    unsafe {
+        std::ptr::copy_nonoverlapping(&any, (&mut route.rt_dst as *mut libc::sockaddr).cast(), 1);
+        std::ptr::copy_nonoverlapping(
+            &any,
+            (&mut route.rt_genmask as *mut libc::sockaddr).cast(),
+            1,
+        );
+        std::ptr::copy_nonoverlapping(
+            &gw,
+            (&mut route.rt_gateway as *mut libc::sockaddr).cast(),
+            1,
+        );
+    }
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    // SAFETY: `route` is a fully initialised rtentry for SIOCADDRT.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCADDRT, &route) };
+    match Errno::result(rc) {
+        Err(Errno::EEXIST) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn ifreq(name: &str) -> Result<libc::ifreq, Errno> {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() || name.contains('\0') {
+        return Err(Errno::EINVAL);
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as c_char;
+    }
+    Ok(req)
+}
