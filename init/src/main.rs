@@ -70,11 +70,14 @@ fn run(config: Config) {
         if let Err(e) = pid1::early_setup() {
             fatal(true, &e);
         }
-    } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        fatal(
-            false,
-            &format!("cannot become a child subreaper: {}", e.desc()),
-        );
+    } else {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            fatal(
+                false,
+                &format!("cannot become a child subreaper: {}", e.desc()),
+            );
+        }
+        spawn::use_stdio_as_console();
     }
     // Before any thread exists, so every thread inherits the mask.
     let signals = handled_signals();

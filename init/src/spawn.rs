@@ -160,6 +160,16 @@ pub struct ChildStdio {
     pub stderr: OwnedFd,
 }
 
+/// Host mode. There is no console of our own: "console" means maitred's own stdout and
+/// stderr, so a launcher running host-mode maitred sees the application's output. And
+/// children die with maitred (PR_SET_PDEATHSIG; it follows the forking thread, and ours live
+/// as long as the process except a waiting LaunchProcess's, whose child is gone by then).
+static CONSOLE_IS_STDIO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn use_stdio_as_console() {
+    CONSOLE_IS_STDIO.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnError> {
     let open = |path: &str, what: &'static str| {
         std::fs::OpenOptions::new()
@@ -184,7 +194,24 @@ fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnE
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })
     };
+    let dup_std = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned().map_err(|e| SpawnError::Setup {
+            what: "dup",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })
+    };
     match stdio {
+        Stdio::Console if CONSOLE_IS_STDIO.load(std::sync::atomic::Ordering::SeqCst) => {
+            use std::os::fd::AsFd;
+            Ok((
+                ChildStdio {
+                    stdin: open("/dev/null", "opening /dev/null")?,
+                    stdout: dup_std(std::io::stdout().as_fd())?,
+                    stderr: dup_std(std::io::stderr().as_fd())?,
+                },
+                None,
+            ))
+        }
         Stdio::Null | Stdio::Console => {
             let path = if stdio == Stdio::Null {
                 "/dev/null"
@@ -228,9 +255,12 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError>
         })?;
 
     let registration = reaper.registration();
-    let pid = sys::fork_exec(&prepared, &stdio, &err_w).map_err(|errno| SpawnError::Setup {
-        what: "fork",
-        errno,
+    let host_mode = CONSOLE_IS_STDIO.load(std::sync::atomic::Ordering::SeqCst);
+    let pid = sys::fork_exec(&prepared, &stdio, &err_w, host_mode).map_err(|errno| {
+        SpawnError::Setup {
+            what: "fork",
+            errno,
+        }
     })?;
     let exit = registration.register(pid);
     drop((stdio, err_w));

@@ -18,7 +18,12 @@ fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
 
 /// Forks; the child sets itself up and execs `prepared`, or writes its errno to `report` and
 /// exits 127. Returns the child's pid.
-pub fn fork_exec(prepared: &Prepared, stdio: &ChildStdio, report: &OwnedFd) -> Result<i32, Errno> {
+pub fn fork_exec(
+    prepared: &Prepared,
+    stdio: &ChildStdio,
+    report: &OwnedFd,
+    die_with_parent: bool,
+) -> Result<i32, Errno> {
     // All allocation happens here, before fork.
     let argv = null_terminated(&prepared.argv);
     let envp = null_terminated(&prepared.envp);
@@ -40,7 +45,17 @@ pub fn fork_exec(prepared: &Prepared, stdio: &ChildStdio, report: &OwnedFd) -> R
     }
     // SAFETY: we are the child of fork(); the pointers are into `prepared`, `argv` and
     // `envp`, which the child's copy of memory still holds.
-    unsafe { child_exec(&prepared.program, &prepared.cwd, &argv, &envp, fds, report) }
+    unsafe {
+        child_exec(
+            &prepared.program,
+            &prepared.cwd,
+            &argv,
+            &envp,
+            fds,
+            report,
+            die_with_parent,
+        )
+    }
 }
 
 /// In the forked child. Never returns.
@@ -54,6 +69,7 @@ unsafe fn child_exec(
     envp: &[*const c_char],
     fds: [i32; 3],
     report: i32,
+    die_with_parent: bool,
 ) -> ! {
     let fail = |errno: i32| -> ! {
         let bytes = errno.to_ne_bytes();
@@ -67,6 +83,10 @@ unsafe fn child_exec(
     // NUL-terminated data prepared before the fork.
     unsafe {
         libc::setsid();
+        if die_with_parent {
+            // Host mode: a killed maitred must not leave its processes behind.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
         for (target, fd) in fds.into_iter().enumerate() {
             if libc::dup2(fd, target as i32) < 0 {
                 fail(*libc::__errno_location());

@@ -1,0 +1,360 @@
+//! vm_launcher's command line: `run`, `start`, `stop`, `list`, each with `--help`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::hypervisor::{Accel, Rootfs};
+
+pub const USAGE: &str = "\
+usage: vm_launcher <command> [options]
+
+commands:
+  run    boot a VM, run an application in it, stream its output, exit with its code
+  start  boot a VM in the background and print its id
+  stop   stop a VM started with `start`: stop ID | stop --all
+  list   list running VMs (id, cid, pid, guest ip, host port)
+
+`vm_launcher <command> --help` describes each command.";
+
+pub const RUN_USAGE: &str = "\
+usage: vm_launcher run [options] -- APP [ARGS...]
+       vm_launcher start [options]
+
+  --kernel PATH          guest kernel (bzImage)
+  --initrd PATH          initramfs
+  --rootfs PATH          raw disk image for the root filesystem (read-only)
+  --rootfs-rw            attach the rootfs read-write
+  --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
+                         host-mode maitred as a child process (tests and demos)
+  --accel kvm|tcg        QEMU accelerator (default: tcg unless --accel kvm)
+  --mem MIB              guest memory (default 512)
+  --cpus N               vCPUs (default 1)
+  --name ID              VM id (default: generated); also the guest's hostname
+  --params TEXT          extra guest kernel command line (repeatable)
+  --boot-timeout SECS    how long to wait for the guest to report ready (default 120)
+  --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
+  --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
+  --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
+  --maitred PATH         host-mode maitred for --hypervisor process (default: beside vm_launcher)
+  --vhost-device-vsock PATH  the vhost-user vsock back-end (default: from PATH)
+
+Exit status of run: the application's exit code, 128+N if a signal N killed it,
+125 if the VM could not be started or stopped before the application ended.";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HypervisorName {
+    Qemu,
+    Crosvm,
+    Lkvm,
+    Process,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunArgs {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<Rootfs>,
+    pub hypervisor: HypervisorName,
+    pub accel: Accel,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    pub name: Option<String>,
+    pub params: Vec<String>,
+    pub boot_timeout: Duration,
+    pub runtime_dir: Option<PathBuf>,
+    pub crash_spool: Option<PathBuf>,
+    pub crash_reporter: Option<Vec<String>>,
+    pub maitred: Option<PathBuf>,
+    pub vhost_device_vsock: PathBuf,
+    pub app: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cli {
+    Help(&'static str),
+    Run(RunArgs),
+    Start(RunArgs),
+    Stop {
+        ids: Vec<String>,
+        all: bool,
+        runtime_dir: Option<PathBuf>,
+    },
+    List {
+        runtime_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct CliError(pub String);
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; see --help", self.0)
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, CliError> {
+    value
+        .parse()
+        .map_err(|_| CliError(format!("{flag} {value:?}: not a valid number")))
+}
+
+fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
+    let mut run = RunArgs {
+        kernel: None,
+        initrd: None,
+        rootfs: None,
+        hypervisor: HypervisorName::Qemu,
+        accel: Accel::Tcg,
+        mem_mib: 512,
+        cpus: 1,
+        name: None,
+        params: Vec::new(),
+        boot_timeout: Duration::from_secs(120),
+        runtime_dir: None,
+        crash_spool: None,
+        crash_reporter: None,
+        maitred: None,
+        vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
+        app: Vec::new(),
+    };
+    let mut rootfs_rw = false;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let flag = flag.as_str();
+        match flag {
+            "--help" | "-h" => return Ok(Cli::Help(RUN_USAGE)),
+            "--" if allow_app => {
+                run.app = it.by_ref().cloned().collect();
+                break;
+            }
+            "--rootfs-rw" => {
+                rootfs_rw = true;
+                continue;
+            }
+            _ => {}
+        }
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| CliError(format!("{flag} needs a value")))
+        };
+        match flag {
+            "--kernel" => run.kernel = Some(value()?.into()),
+            "--initrd" => run.initrd = Some(value()?.into()),
+            "--rootfs" => {
+                run.rootfs = Some(Rootfs {
+                    path: value()?.into(),
+                    read_only: true,
+                })
+            }
+            "--hypervisor" => {
+                run.hypervisor = match value()?.as_str() {
+                    "qemu" => HypervisorName::Qemu,
+                    "crosvm" => HypervisorName::Crosvm,
+                    "lkvm" => HypervisorName::Lkvm,
+                    "process" => HypervisorName::Process,
+                    other => {
+                        return Err(CliError(format!(
+                            "--hypervisor {other:?}: expected qemu, crosvm, lkvm or process"
+                        )))
+                    }
+                }
+            }
+            "--accel" => run.accel = value()?.parse().map_err(CliError)?,
+            "--mem" => run.mem_mib = number(flag, &value()?)?,
+            "--cpus" => run.cpus = number(flag, &value()?)?,
+            "--name" => {
+                let name = value()?;
+                vm_proto::cmdline::validate_vm_id(&name).map_err(|_| {
+                    CliError(format!("--name {name:?}: use 1 to 63 of A-Z a-z 0-9 . _ -"))
+                })?;
+                run.name = Some(name);
+            }
+            "--params" => run.params.push(value()?),
+            "--boot-timeout" => run.boot_timeout = Duration::from_secs(number(flag, &value()?)?),
+            "--runtime-dir" => run.runtime_dir = Some(value()?.into()),
+            "--crash-spool" => run.crash_spool = Some(value()?.into()),
+            "--crash-reporter" => {
+                run.crash_reporter = Some(value()?.split_whitespace().map(String::from).collect())
+            }
+            "--maitred" => run.maitred = Some(value()?.into()),
+            "--vhost-device-vsock" => run.vhost_device_vsock = value()?.into(),
+            other => return Err(CliError(format!("unknown option {other:?}"))),
+        }
+    }
+    if let Some(rootfs) = run.rootfs.as_mut() {
+        rootfs.read_only = !rootfs_rw;
+    }
+    if run.params.iter().any(|p| p.contains("maitred.")) {
+        return Err(CliError("--params may not set maitred.* keys".into()));
+    }
+    if run.hypervisor != HypervisorName::Process && run.kernel.is_none() {
+        return Err(CliError("--kernel is required".into()));
+    }
+    if allow_app {
+        if run.app.is_empty() {
+            return Err(CliError("run needs an application after --".into()));
+        }
+        Ok(Cli::Run(run))
+    } else {
+        Ok(Cli::Start(run))
+    }
+}
+
+pub fn parse(args: &[String]) -> Result<Cli, CliError> {
+    let Some((command, rest)) = args.split_first() else {
+        return Ok(Cli::Help(USAGE));
+    };
+    let runtime_dir = |rest: &[String]| -> Result<(Option<PathBuf>, Vec<String>), CliError> {
+        let mut dir = None;
+        let mut others = Vec::new();
+        let mut it = rest.iter();
+        while let Some(a) = it.next() {
+            if a == "--runtime-dir" {
+                dir = Some(
+                    it.next()
+                        .ok_or_else(|| CliError("--runtime-dir needs a value".into()))?
+                        .into(),
+                );
+            } else {
+                others.push(a.clone());
+            }
+        }
+        Ok((dir, others))
+    };
+    match command.as_str() {
+        "--help" | "-h" | "help" => Ok(Cli::Help(USAGE)),
+        "run" => parse_run(rest, true),
+        "start" => parse_run(rest, false),
+        "stop" => {
+            let (runtime_dir, others) = runtime_dir(rest)?;
+            if others.iter().any(|a| a == "--help" || a == "-h") {
+                return Ok(Cli::Help(
+                    "usage: vm_launcher stop ID... | --all [--runtime-dir DIR]",
+                ));
+            }
+            let all = others.iter().any(|a| a == "--all");
+            let ids: Vec<String> = others.into_iter().filter(|a| a != "--all").collect();
+            if let Some(bad) = ids.iter().find(|a| a.starts_with('-')) {
+                return Err(CliError(format!("unknown option {bad:?}")));
+            }
+            if all != ids.is_empty() {
+                return Err(CliError("stop takes VM ids or --all".into()));
+            }
+            Ok(Cli::Stop {
+                ids,
+                all,
+                runtime_dir,
+            })
+        }
+        "list" => {
+            let (runtime_dir, others) = runtime_dir(rest)?;
+            if others.iter().any(|a| a == "--help" || a == "-h") {
+                return Ok(Cli::Help("usage: vm_launcher list [--runtime-dir DIR]"));
+            }
+            if let Some(bad) = others.first() {
+                return Err(CliError(format!("unknown argument {bad:?}")));
+            }
+            Ok(Cli::List { runtime_dir })
+        }
+        other => Err(CliError(format!("unknown command {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parse_run_full() {
+        let cli = parse(&args(&[
+            "run",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--mem",
+            "256",
+            "--cpus",
+            "2",
+            "--name",
+            "vm1",
+            "--params",
+            "quiet",
+            "--rootfs",
+            "r.img",
+            "--rootfs-rw",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ]))
+        .unwrap();
+        let Cli::Run(run) = cli else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(run.kernel, Some("k".into()));
+        assert_eq!((run.mem_mib, run.cpus), (256, 2));
+        assert_eq!(run.name.as_deref(), Some("vm1"));
+        assert_eq!(run.app, args(&["sh", "-c", "exit 3"]));
+        assert!(!run.rootfs.unwrap().read_only);
+    }
+
+    #[test]
+    fn parse_bad_input_is_a_clear_error() {
+        for (a, want) in [
+            (vec!["run", "--kernel", "k"], "application"),
+            (vec!["run", "--", "true"], "--kernel"),
+            (
+                vec!["run", "--kernel", "k", "--mem", "lots", "--", "x"],
+                "--mem",
+            ),
+            (
+                vec!["run", "--kernel", "k", "--name", "../x", "--", "x"],
+                "--name",
+            ),
+            (
+                vec![
+                    "run",
+                    "--kernel",
+                    "k",
+                    "--params",
+                    "maitred.token=00",
+                    "--",
+                    "x",
+                ],
+                "maitred",
+            ),
+            (vec!["run", "--hypervisor", "xen", "--", "x"], "xen"),
+            (vec!["stop"], "ids or --all"),
+            (vec!["stop", "a", "--all"], "ids or --all"),
+            (vec!["frobnicate"], "unknown command"),
+        ] {
+            let err = parse(&args(&a)).unwrap_err().to_string();
+            assert!(err.contains(want), "{a:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_help_everywhere() {
+        assert_eq!(parse(&[]).unwrap(), Cli::Help(USAGE));
+        assert_eq!(
+            parse(&args(&["run", "--help"])).unwrap(),
+            Cli::Help(RUN_USAGE)
+        );
+        assert!(matches!(
+            parse(&args(&["stop", "--help"])).unwrap(),
+            Cli::Help(_)
+        ));
+        assert!(matches!(
+            parse(&args(&["list", "-h"])).unwrap(),
+            Cli::Help(_)
+        ));
+    }
+}

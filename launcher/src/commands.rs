@@ -1,0 +1,290 @@
+//! The subcommands: `run`, `start`, `stop`, `list`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use nix::sys::signal::{SigSet, Signal};
+use vm_proto::protos::guest::{LaunchProcessRequest, ProcessStatus};
+
+use crate::backend::Backend;
+use crate::cli::{HypervisorName, RunArgs};
+use crate::host_services::CrashConfig;
+use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu};
+use crate::log_forward::LogSink;
+use crate::pool::{default_runtime_dir, Pool, PoolConfig};
+use crate::sys;
+use crate::vm::{Ended, RunningVm, VmOptions};
+
+/// Exit status when the VM could not run the application to its end.
+pub const EXIT_LAUNCHER_FAILED: u8 = 125;
+/// Set in the environment of the detached child `start` leaves running.
+const DETACHED_ENV: &str = "VM_LAUNCHER_DETACHED";
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vm_launcher: {message}");
+    ExitCode::from(EXIT_LAUNCHER_FAILED)
+}
+
+/// SIGINT, SIGTERM and SIGHUP arrive on a channel; blocked first, so call before any thread.
+fn signal_channel() -> Receiver<i32> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || loop {
+        if let Ok(signal) = set.wait() {
+            if tx.send(signal as i32).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn runtime_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(default_runtime_dir)
+}
+
+fn options(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<VmOptions, String> {
+    let runtime = runtime_dir(args.runtime_dir);
+    let backend = match args.hypervisor {
+        HypervisorName::Qemu => Backend::Qemu(Qemu::new(args.accel)),
+        HypervisorName::Crosvm => Backend::Crosvm(Crosvm::new(CrosvmFlags::Current)),
+        HypervisorName::Lkvm => Backend::Lkvm(Lkvm::default()),
+        HypervisorName::Process => Backend::Process {
+            maitred: match args.maitred {
+                Some(path) => path,
+                None => std::env::current_exe()
+                    .map_err(|e| format!("cannot find vm_launcher's own path: {e}"))?
+                    .with_file_name("maitred"),
+            },
+        },
+    };
+    Ok(VmOptions {
+        name: args.name,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        rootfs: args.rootfs,
+        mem_mib: args.mem_mib,
+        cpus: args.cpus,
+        params: args.params,
+        backend,
+        pool: PoolConfig::new(&runtime),
+        boot_timeout: args.boot_timeout,
+        crash: CrashConfig {
+            spool: args.crash_spool.unwrap_or_else(|| runtime.join("crash")),
+            reporter: args.crash_reporter,
+        },
+        logs,
+        console_to_stdout,
+        vhost_device_vsock: args.vhost_device_vsock,
+        use_vhost: std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vhost-vsock")
+            .is_ok(),
+    })
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let signals = signal_channel();
+    let app = args.app.clone();
+    let opts = match options(args, LogSink::Terminal, true) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let mut vm = match RunningVm::boot(opts) {
+        Ok(vm) => vm,
+        Err(e) => return fail(e),
+    };
+    let mut req = LaunchProcessRequest::new();
+    req.set_argv(app.clone().into());
+    req.set_is_application(true);
+    req.set_use_console(true);
+    let code = match vm.launch(&req, LAUNCH_TIMEOUT) {
+        Err(e) => {
+            vm.teardown(true);
+            return fail(e);
+        }
+        Ok(resp) if resp.get_status() == ProcessStatus::FAILED => {
+            eprintln!(
+                "vm_launcher: cannot run {:?} in VM {}: {}",
+                app[0],
+                vm.id(),
+                resp.get_reason()
+            );
+            vm.teardown(true);
+            // The shell's convention: 127 not found, 126 found but not runnable.
+            return ExitCode::from(if resp.get_code() == libc::ENOENT {
+                127
+            } else {
+                126
+            });
+        }
+        Ok(_) => match vm.wait_end(&signals) {
+            Ended::Application { status, code } => match status {
+                ProcessStatus::SIGNALED => 128 + code,
+                _ => code,
+            },
+            Ended::VmStopped(status) => {
+                eprintln!(
+                    "vm_launcher: VM {} stopped before the application ended ({status}); console log: {}",
+                    vm.id(),
+                    vm.serial_log.display()
+                );
+                EXIT_LAUNCHER_FAILED as i32
+            }
+            Ended::Signal(signal) => {
+                eprintln!("vm_launcher: signal {signal}: shutting VM {} down", vm.id());
+                128 + signal
+            }
+        },
+    };
+    vm.teardown(true);
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+pub fn start(args: RunArgs) -> ExitCode {
+    if std::env::var_os(DETACHED_ENV).is_some() {
+        return serve_detached(args);
+    }
+    // Re-run ourselves in a new session; it prints "ready <id>" once the VM is up.
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(format!("cannot find vm_launcher's own path: {e}")),
+    };
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(DETACHED_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    sys::new_session(&mut command);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start the background launcher: {e}")),
+    };
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    // Once ready, its stderr is closed on our side (later writes fail harmlessly), so no
+    // caller waiting for our output waits for the VM's whole life.
+    let errors = child.stderr.take();
+    match line.trim().strip_prefix("ready ") {
+        Some(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            if let Some(mut errors) = errors {
+                let _ = std::io::copy(&mut errors, &mut std::io::stderr());
+            }
+            let _ = child.wait();
+            ExitCode::from(EXIT_LAUNCHER_FAILED)
+        }
+    }
+}
+
+fn serve_detached(args: RunArgs) -> ExitCode {
+    let signals = signal_channel();
+    let opts = match options(args, LogSink::Discard, false) {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let mut vm = match RunningVm::boot(opts) {
+        Ok(vm) => vm,
+        Err(e) => return fail(e),
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready {}", vm.id());
+    let _ = out.flush();
+    let ended = vm.wait_end(&signals);
+    let guest_running = !matches!(ended, Ended::VmStopped(_));
+    vm.teardown(guest_running);
+    ExitCode::SUCCESS
+}
+
+pub fn stop(ids: Vec<String>, all: bool, runtime: Option<PathBuf>) -> ExitCode {
+    let pool = match Pool::open(PoolConfig::new(runtime_dir(runtime))) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let leases = match pool.list() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let mut missing = false;
+    let targets: Vec<_> = if all {
+        leases
+    } else {
+        ids.iter()
+            .filter_map(|id| {
+                let found = leases.iter().find(|l| &l.id == id).cloned();
+                if found.is_none() {
+                    eprintln!("vm_launcher: no running VM {id:?}");
+                    missing = true;
+                }
+                found
+            })
+            .collect()
+    };
+    for lease in &targets {
+        if let Some(pid) = lease.pid {
+            // The VM's launcher tears everything down on SIGTERM.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for lease in &targets {
+        while pool
+            .list()
+            .is_ok_and(|l| l.iter().any(|x| x.id == lease.id))
+        {
+            if Instant::now() > deadline {
+                return fail(format!("VM {} did not stop within 60s", lease.id));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("stopped {}", lease.id);
+    }
+    if missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub fn list(runtime: Option<PathBuf>) -> ExitCode {
+    let pool = match Pool::open(PoolConfig::new(runtime_dir(runtime))) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let leases = match pool.list() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "{:<24} {:>6} {:>8} {:<15} {:>9} STATE",
+        "ID", "CID", "PID", "GUEST_IP", "HOST_PORT"
+    );
+    for l in leases {
+        println!(
+            "{:<24} {:>6} {:>8} {:<15} {:>9} running",
+            l.id,
+            show(l.cid.map(|v| v.to_string())),
+            show(l.pid.map(|v| v.to_string())),
+            show(l.guest_ip.map(|v| v.to_string())),
+            show(l.host_port.map(|v| v.to_string())),
+        );
+    }
+    ExitCode::SUCCESS
+}

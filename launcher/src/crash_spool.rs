@@ -1,0 +1,152 @@
+//! The host's crash spool: each report becomes `<spool>/<vm>/<exe>.<YYYYMMDD.HHMMSS>.<pid>.dmp`
+//! plus a `.meta` of `key=value` lines that ends with `done=1`, written last (and the file
+//! renamed into place) so a reader never sees half a report. Then the configured
+//! crash-reporter command is run with the two paths.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use vm_proto::protos::host::CrashReport;
+
+#[derive(Debug)]
+pub struct SpoolError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "crash spool {}: {}", self.path.display(), self.source)
+    }
+}
+
+/// Keeps names to a safe file-name alphabet; a guest chooses these strings.
+fn safe_name(text: &str, fallback: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.').to_string();
+    if cleaned.is_empty() {
+        fallback.to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// `YYYYMMDD.HHMMSS` (UTC) of a Unix time.
+pub fn stamp(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}.{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let err = |source| SpoolError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Writes one report; returns the `.dmp` and `.meta` paths.
+pub fn store(
+    spool: &Path,
+    vm_id: &str,
+    report: &CrashReport,
+    now_unix: i64,
+) -> Result<(PathBuf, PathBuf), SpoolError> {
+    let meta = report.get_metadata();
+    let exe = safe_name(meta.get("exe").map_or("", |s| s.as_str()), "unknown");
+    let pid = meta
+        .get("pid")
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or(0);
+    let dir = spool.join(safe_name(vm_id, "vm"));
+    std::fs::create_dir_all(&dir).map_err(|source| SpoolError {
+        path: dir.clone(),
+        source,
+    })?;
+    let base = format!("{exe}.{}.{pid}", stamp(now_unix));
+    let dmp = dir.join(format!("{base}.dmp"));
+    let meta_path = dir.join(format!("{base}.meta"));
+    write_atomic(&dmp, report.get_minidump())?;
+
+    let mut keys: Vec<(&String, &String)> = meta.iter().collect();
+    keys.sort();
+    let mut text = String::new();
+    for (k, v) in keys {
+        let k = safe_name(k, "key");
+        if k != "done" {
+            text.push_str(&format!(
+                "{k}={}\n",
+                crate::log_forward::scrub(v.as_bytes())
+            ));
+        }
+    }
+    text.push_str(&format!("vm_id={vm_id}\n"));
+    text.push_str(&format!("payload={}\n", dmp.display()));
+    text.push_str(&format!("payload_size={}\n", report.get_minidump().len()));
+    text.push_str("done=1\n");
+    write_atomic(&meta_path, text.as_bytes())?;
+    Ok((dmp, meta_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_formats_utc() {
+        assert_eq!(stamp(0), "19700101.000000");
+        assert_eq!(stamp(1_795_000_000), "20261118.110640");
+        assert_eq!(stamp(951_782_400), "20000229.000000");
+    }
+
+    #[test]
+    fn store_writes_dump_and_meta_ending_with_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CrashReport::new();
+        r.set_minidump(b"MDMP....".to_vec());
+        r.mut_metadata()
+            .insert("exe".into(), "../../evil/app".into());
+        r.mut_metadata().insert("pid".into(), "42".into());
+        r.mut_metadata().insert("done".into(), "1".into());
+        let (dmp, meta) = store(dir.path(), "vm1", &r, 0).unwrap();
+        assert_eq!(
+            dmp,
+            dir.path().join("vm1/_.._evil_app.19700101.000000.42.dmp")
+        );
+        assert_eq!(std::fs::read(&dmp).unwrap(), b"MDMP....");
+        let text = std::fs::read_to_string(meta).unwrap();
+        assert!(text.ends_with("payload_size=8\ndone=1\n"), "{text}");
+        assert_eq!(text.matches("done=").count(), 1);
+    }
+}

@@ -1,0 +1,422 @@
+//! Hypervisor command lines: one [`VmSpec`] and one [`Hypervisor`] trait shared by every
+//! back-end, one module per back-end (`qemu`, `crosvm`, `lkvm`).
+//!
+//! Everything here is a pure function from a spec to an inspectable [`HvCommand`] (program,
+//! argv, private files to write first, where stdout goes): nothing starts a hypervisor, so every
+//! argument is unit-tested. The guest kernel command line carries the VM's secret token:
+//! `Debug`/`Display` of these types redact it, and QEMU can keep it off `ps` altogether (see
+//! `qemu`). crosvm and kvmtool take it on argv only.
+
+pub mod crosvm;
+pub mod lkvm;
+pub mod qemu;
+#[cfg(test)]
+mod test_utils;
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use vm_proto::cmdline::KEY_TOKEN;
+
+pub use crosvm::{Crosvm, CrosvmFlags};
+pub use lkvm::Lkvm;
+pub use qemu::{probe_accel, Accel, Machine, Qemu};
+
+use crate::pool::MacAddr;
+
+/// How the guest's virtio-vsock device is backed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VsockBackend {
+    /// The host kernel's /dev/vhost-vsock; the hypervisor sets the guest CID.
+    Vhost { cid: u32 },
+    /// A vhost-user back-end (vhost-device-vsock) listening on `socket`; the CID is set there.
+    VhostUser { socket: PathBuf },
+}
+
+/// A virtio-net device on an existing host tap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: MacAddr,
+    /// The host (gateway) end of the VM's /30.
+    pub host_ip: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rootfs {
+    /// A raw disk image.
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything a back-end needs to build one VM's command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The VM id (kvmtool's `--name`; names the private files).
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<Rootfs>,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    /// The full guest kernel command line. Holds the secret token.
+    pub cmdline: String,
+    /// The serial console goes to this file, or to the hypervisor's stdio when None.
+    pub serial_log: Option<PathBuf>,
+    /// QEMU's QMP socket or crosvm's control socket (kvmtool picks its own from `name`).
+    pub control_socket: PathBuf,
+    pub vsock: VsockBackend,
+    pub net: Option<NetSpec>,
+    /// A 0700 directory of this VM's own, for files that must not be world-readable.
+    pub private_dir: PathBuf,
+}
+
+impl fmt::Debug for VmSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmSpec")
+            .field("name", &self.name)
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd)
+            .field("rootfs", &self.rootfs)
+            .field("mem_mib", &self.mem_mib)
+            .field("cpus", &self.cpus)
+            .field("cmdline", &redact(&self.cmdline))
+            .field("serial_log", &self.serial_log)
+            .field("control_socket", &self.control_socket)
+            .field("vsock", &self.vsock)
+            .field("net", &self.net)
+            .field("private_dir", &self.private_dir)
+            .finish()
+    }
+}
+
+impl VmSpec {
+    /// The checks every back-end needs.
+    fn check(&self, hypervisor: &'static str) -> Result<(), HypervisorError> {
+        let bad = |field, why: &str| HypervisorError::bad_spec(hypervisor, field, why);
+        if self.mem_mib == 0 {
+            return Err(bad("mem_mib", "the VM needs some memory"));
+        }
+        if self.cpus == 0 {
+            return Err(bad("cpus", "the VM needs at least one vCPU"));
+        }
+        if let VsockBackend::Vhost { cid } = self.vsock {
+            if cid < 3 || cid == u32::MAX {
+                return Err(bad("vsock cid", "CIDs 0-2 and 4294967295 are reserved"));
+            }
+        }
+        if self.cmdline.contains(['\n', '\0']) {
+            return Err(bad("cmdline", "the kernel command line is one line"));
+        }
+        Ok(())
+    }
+}
+
+/// A file the command reads at start-up; written with mode 0600 (it may hold the token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateFile {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+impl fmt::Debug for PrivateFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PrivateFile({}, {})",
+            self.path.display(),
+            redact(&self.contents)
+        )
+    }
+}
+
+/// A hypervisor invocation, inspectable before it runs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HvCommand {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Write these (see [`HvCommand::write_private_files`]) before spawning.
+    pub private_files: Vec<PrivateFile>,
+    /// Send the program's stdout here (kvmtool's serial console) instead of inheriting it.
+    pub stdout: Option<PathBuf>,
+}
+
+impl HvCommand {
+    fn new(program: impl Into<OsString>) -> HvCommand {
+        HvCommand {
+            program: program.into(),
+            args: Vec::new(),
+            private_files: Vec::new(),
+            stdout: None,
+        }
+    }
+
+    fn arg(&mut self, arg: impl Into<OsString>) -> &mut HvCommand {
+        self.args.push(arg.into());
+        self
+    }
+
+    fn pair(&mut self, flag: &str, value: impl Into<OsString>) -> &mut HvCommand {
+        self.arg(flag).arg(value)
+    }
+
+    /// The arguments as text (lossy), e.g. for tests.
+    pub fn args_lossy(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Writes the private files, each created afresh with mode 0600.
+    pub fn write_private_files(&self) -> Result<(), HypervisorError> {
+        for file in &self.private_files {
+            let fail = |source| HypervisorError::PrivateFile {
+                path: file.path.clone(),
+                source,
+            };
+            match fs::remove_file(&file.path) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(fail(err)),
+                _ => {}
+            }
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&file.path)
+                .and_then(|mut out| out.write_all(file.contents.as_bytes()))
+                .map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the private files (once the hypervisor has read them, or on failure).
+    pub fn remove_private_files(&self) {
+        for file in &self.private_files {
+            let _ = fs::remove_file(&file.path);
+        }
+    }
+
+    /// A `std::process::Command` for this invocation; stdout redirection is the caller's.
+    pub fn to_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.args);
+        command
+    }
+}
+
+/// The program and its arguments, shell-like, with the token redacted.
+impl fmt::Display for HvCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.program.to_string_lossy())?;
+        for arg in &self.args {
+            write!(f, " {:?}", redact(&arg.to_string_lossy()))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for HvCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HvCommand({self}, files: {:?})", self.private_files)
+    }
+}
+
+/// How to ask a running VM to stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Run this command.
+    Command(HvCommand),
+    /// Connect to this QMP socket, send `{"execute":"qmp_capabilities"}`, then
+    /// `{"execute":"quit"}`.
+    QmpQuit { socket: PathBuf },
+}
+
+pub trait Hypervisor {
+    fn name(&self) -> &'static str;
+    /// The command that starts the VM described by `spec`.
+    fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError>;
+    /// How to stop it again.
+    fn stop(&self, spec: &VmSpec) -> Stop;
+}
+
+#[derive(Debug)]
+pub enum HypervisorError {
+    BadSpec {
+        hypervisor: &'static str,
+        field: &'static str,
+        why: String,
+    },
+    Unsupported {
+        hypervisor: &'static str,
+        feature: &'static str,
+        hint: &'static str,
+    },
+    PrivateFile {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl HypervisorError {
+    fn bad_spec(hypervisor: &'static str, field: &'static str, why: &str) -> HypervisorError {
+        let why = why.to_string();
+        HypervisorError::BadSpec {
+            hypervisor,
+            field,
+            why,
+        }
+    }
+}
+
+impl fmt::Display for HypervisorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadSpec { hypervisor, field, why } => {
+                write!(f, "cannot build the {hypervisor} command line: {field}: {why}")
+            }
+            Self::Unsupported { hypervisor, feature, hint } => {
+                write!(f, "{hypervisor} does not support {feature}; {hint}")
+            }
+            Self::PrivateFile { path, source } => write!(
+                f,
+                "cannot write the private hypervisor file {}: {source}; is the VM's private directory writable?",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HypervisorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::PrivateFile { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// `text` with the value of every `maitred.token=` replaced by `<redacted>`.
+pub fn redact(text: &str) -> String {
+    let key = format!("{KEY_TOKEN}=");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&key) {
+        let value_at = at + key.len();
+        out.push_str(&rest[..value_at]);
+        out.push_str("<redacted>");
+        let value_len = rest[value_at..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .unwrap_or(rest.len() - value_at);
+        rest = &rest[value_at + value_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `prefix` + `path` + `suffix` as one argument, without a UTF-8 round trip.
+fn concat(prefix: &str, path: &OsStr, suffix: &str) -> OsString {
+    let mut arg = OsString::from(prefix);
+    arg.push(path);
+    arg.push(suffix);
+    arg
+}
+
+/// Refuses a path that a `key=value,key=value` option would split.
+fn no_comma<'a>(
+    hypervisor: &'static str,
+    field: &'static str,
+    path: &'a Path,
+) -> Result<&'a OsStr, HypervisorError> {
+    if path.as_os_str().as_bytes().contains(&b',') {
+        let why = format!(
+            "{:?} holds a comma, which this option syntax cannot carry; rename it",
+            path
+        );
+        return Err(HypervisorError::BadSpec {
+            hypervisor,
+            field,
+            why,
+        });
+    }
+    Ok(path.as_os_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_utils::*;
+    use super::*;
+
+    #[test]
+    fn redact_hides_every_token_value() {
+        let text = format!("a {KEY_TOKEN}={} b \"{KEY_TOKEN}=x,y\"", token_hex());
+        assert_eq!(
+            redact(&text),
+            format!("a {KEY_TOKEN}=<redacted> b \"{KEY_TOKEN}=<redacted>,y\"")
+        );
+        assert_eq!(redact("no secret"), "no secret");
+    }
+
+    #[test]
+    fn debug_of_spec_and_command_never_shows_token() {
+        let spec = full_spec();
+        let mut cmd = HvCommand::new("x");
+        cmd.pair("-append", spec.cmdline.clone());
+        for text in [format!("{spec:?}"), format!("{cmd:?}"), cmd.to_string()] {
+            assert!(!text.contains(&token_hex()), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
+
+    #[test]
+    fn check_zero_memory_or_cpus_or_reserved_cid_fails() {
+        type Spoil = fn(&mut VmSpec);
+        let cases: [(Spoil, &str); 4] = [
+            (|s| s.mem_mib = 0, "mem_mib"),
+            (|s| s.cpus = 0, "cpus"),
+            (|s| s.vsock = VsockBackend::Vhost { cid: 2 }, "vsock cid"),
+            (|s| s.cmdline.push('\n'), "cmdline"),
+        ];
+        for (spoil, field) in cases {
+            let mut spec = full_spec();
+            spoil(&mut spec);
+            let err = spec.check("test").unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn no_comma_rejects_commas_naming_the_field() {
+        assert!(no_comma("x", "rootfs", Path::new("/a/b")).is_ok());
+        let err = no_comma("x", "rootfs", Path::new("/a,b")).unwrap_err();
+        assert!(err.to_string().contains("rootfs"), "{err}");
+    }
+
+    #[test]
+    fn write_private_files_creates_mode_0600_and_replaces_old() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.cfg");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut cmd = HvCommand::new("x");
+        cmd.private_files.push(PrivateFile {
+            path: path.clone(),
+            contents: "new".into(),
+        });
+        cmd.write_private_files().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        cmd.remove_private_files();
+        assert!(!path.exists());
+    }
+}

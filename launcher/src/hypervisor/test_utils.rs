@@ -1,0 +1,65 @@
+//! Fixtures shared by the back-ends' unit tests: specs with and without options, argv lookups.
+
+use super::*;
+use vm_proto::{GuestParams, Token};
+
+/// The fixture token, 0xab × 32.
+pub fn token_hex() -> String {
+    "ab".repeat(32)
+}
+
+/// A VM with every option set: initrd, read-only rootfs, net, serial log, vhost vsock.
+pub fn full_spec() -> VmSpec {
+    let params = GuestParams {
+        token: Token::from_bytes([0xab; 32]),
+        host_port: 10000,
+        vm_id: "vm-1".into(),
+    };
+    VmSpec {
+        name: "vm-1".into(),
+        kernel: "/k/bzImage".into(),
+        initrd: Some("/k/initrd.cpio".into()),
+        rootfs: Some(Rootfs {
+            path: "/img/root.raw".into(),
+            read_only: true,
+        }),
+        mem_mib: 512,
+        cpus: 2,
+        cmdline: format!("console=ttyS0 {}", params.to_cmdline()),
+        serial_log: Some("/run/vm/vm-1/serial.log".into()),
+        control_socket: "/run/vm/vm-1/control.sock".into(),
+        vsock: VsockBackend::Vhost { cid: 5 },
+        net: Some(NetSpec {
+            tap: "vmtap5".into(),
+            mac: MacAddr([0x02, 0, 0x5e, 0x10, 0, 1]),
+            host_ip: Ipv4Addr::new(100, 115, 92, 5),
+            netmask: Ipv4Addr::new(255, 255, 255, 252),
+        }),
+        private_dir: "/run/vm/vm-1".into(),
+    }
+}
+
+/// Only what is required: no initrd, rootfs, net or serial log.
+pub fn bare_spec() -> VmSpec {
+    VmSpec {
+        initrd: None,
+        rootfs: None,
+        serial_log: None,
+        net: None,
+        ..full_spec()
+    }
+}
+
+/// The value following `flag` in `args` (its first occurrence).
+pub fn value_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
+/// Every value following an occurrence of `flag`.
+pub fn values_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+    args.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}

@@ -1,0 +1,18 @@
+//! The vm_launcher library: what the binary is built from, reachable by tests and benches.
+//!
+//! - `pool`: per-VM host resources (id, CID, MAC, /30, host port) leased across processes.
+//! - `hypervisor`: the command lines of QEMU, crosvm and kvmtool (lkvm) for one VM.
+//! - `backend`: per-back-end wiring (sockets, vsock helper, peer identity).
+//! - `vm`: one VM's life from lease to teardown; `commands`/`cli`: the subcommands.
+//! - `host_services`, `log_forward`, `crash_spool`: what the guest calls on the host.
+
+pub mod backend;
+pub mod cli;
+pub mod commands;
+pub mod crash_spool;
+pub mod host_services;
+pub mod hypervisor;
+pub mod log_forward;
+pub mod pool;
+mod sys;
+pub mod vm;

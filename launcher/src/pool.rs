@@ -1,0 +1,609 @@
+//! Per-VM host resources (VM id, vsock CID, MAC, IPv4 /30, host vsock port), leased safely
+//! across concurrent launcher processes on one host.
+//!
+//! Every leasable value is one lock file, `<runtime_dir>/leases/<kind>/<value>.lock`, held with
+//! `flock(LOCK_EX|LOCK_NB)` on an fd that lives in the [`Lease`] for the VM's whole life. There
+//! is no shared state file: the kernel's lock is the only truth. A holder that dies, even by
+//! `kill -9`, closes its fds and so frees its leases at once; the next allocator simply locks
+//! the left-over file. A clean release of a VM id or MAC unlinks its file while still holding
+//! the lock (those namespaces are open-ended), so an allocator re-checks after locking that
+//! the file it locked is still the one at the path.
+//! The files hold `pid=… id=…` (the VM id's file the whole lease) for [`Pool::list`] only.
+//! Lock fds are close-on-exec: a hypervisor child never inherits (and so never keeps) a lease.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use vm_proto::cmdline::{validate_vm_id, CmdlineError};
+
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/vm_launcher";
+/// Overrides [`DEFAULT_RUNTIME_DIR`] (a `--runtime-dir` flag overrides both).
+pub const RUNTIME_DIR_ENV: &str = "VM_LAUNCHER_RUNTIME_DIR";
+pub const FLAG_RUNTIME_DIR: &str = "--runtime-dir";
+pub const FLAG_CID_RANGE: &str = "--cid-range";
+pub const FLAG_SUBNET: &str = "--subnet";
+pub const FLAG_HOST_PORT_RANGE: &str = "--host-port-range";
+pub const FLAG_NAME: &str = "--name";
+/// How often a lock found held by a momentary prober (`list`, another allocator checking a
+/// stale file) is retried before a name is reported as in use.
+const BUSY_RETRIES: u32 = 5;
+
+/// Where the pool lives and what it hands out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub runtime_dir: PathBuf,
+    /// vsock CIDs; never 0–2 (hypervisor, local, host) nor u32::MAX (any).
+    pub cids: RangeInclusive<u32>,
+    /// Split into /30s: gateway (host) = .4n+1, guest = .4n+2.
+    pub subnet_base: Ipv4Addr,
+    pub subnet_prefix: u8,
+    /// Host vsock ports for each VM's host services.
+    pub host_ports: RangeInclusive<u32>,
+}
+
+/// `$VM_LAUNCHER_RUNTIME_DIR` if set and not empty, else `/run/vm_launcher`.
+pub fn default_runtime_dir() -> PathBuf {
+    std::env::var_os(RUNTIME_DIR_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR), PathBuf::from)
+}
+
+impl PoolConfig {
+    /// The default pools under `runtime_dir`: CIDs 3..=1026, 100.115.92.0/24 (64 × /30),
+    /// host ports 10000..=10999.
+    pub fn new(runtime_dir: impl Into<PathBuf>) -> PoolConfig {
+        PoolConfig {
+            runtime_dir: runtime_dir.into(),
+            cids: 3..=1026,
+            subnet_base: Ipv4Addr::new(100, 115, 92, 0),
+            subnet_prefix: 24,
+            host_ports: 10000..=10999,
+        }
+    }
+
+    /// How many /30 subnets the base network holds.
+    pub fn subnet_count(&self) -> u32 {
+        1u32 << (30 - u32::from(self.subnet_prefix.min(30)))
+    }
+
+    fn validate(&self) -> Result<(), PoolError> {
+        let bad = |what, value: String, why, flag| {
+            Err(PoolError::BadConfig {
+                what,
+                value,
+                why,
+                flag,
+            })
+        };
+        let (c0, c1) = (*self.cids.start(), *self.cids.end());
+        if c0 < 3 || c1 == u32::MAX || c0 > c1 {
+            let why = "must be a non-empty range within 3..=4294967294 (0-2 are reserved)";
+            return bad("cid range", format!("{c0}..={c1}"), why, FLAG_CID_RANGE);
+        }
+        let base = u32::from(self.subnet_base);
+        let host_bits = 32 - u32::from(self.subnet_prefix.min(32));
+        let aligned = host_bits == 32 || base & ((1u32 << host_bits) - 1) == 0;
+        if !(8..=30).contains(&self.subnet_prefix) || !aligned {
+            let why = "must be a network address with a prefix length from /8 to /30";
+            let value = format!("{}/{}", self.subnet_base, self.subnet_prefix);
+            return bad("subnet", value, why, FLAG_SUBNET);
+        }
+        let (p0, p1) = (*self.host_ports.start(), *self.host_ports.end());
+        if p0 == 0 || p1 == u32::MAX || p0 > p1 {
+            let why = "must be a non-empty range within 1..=4294967294";
+            return bad(
+                "host port range",
+                format!("{p0}..={p1}"),
+                why,
+                FLAG_HOST_PORT_RANGE,
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig::new(default_runtime_dir())
+    }
+}
+
+/// A MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A random locally administered unicast MAC, `02:xx:xx:xx:xx:xx`.
+    pub fn random_local() -> io::Result<MacAddr> {
+        let mut bytes = [0u8; 6];
+        File::open("/dev/urandom")?.read_exact(&mut bytes[1..])?;
+        bytes[0] = 0x02;
+        Ok(MacAddr(bytes))
+    }
+
+    pub fn is_locally_administered(&self) -> bool {
+        self.0[0] & 0x02 != 0
+    }
+
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MacAddr, String> {
+        let mut bytes = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2);
+            *byte = part
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| {
+                    format!("MAC {text:?}: expected six hex pairs like 02:00:5e:10:00:01")
+                })?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(bytes)),
+            Some(_) => Err(format!("MAC {text:?}: more than six parts")),
+        }
+    }
+}
+
+/// One VM's point-to-point IPv4 /30: the host end (gateway) and the guest end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Subnet {
+    pub network: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub guest: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+}
+
+impl Ipv4Subnet {
+    pub const PREFIX_LEN: u8 = 30;
+
+    /// The `index`-th /30 after `base`: network .4n, gateway .4n+1, guest .4n+2.
+    pub fn nth(base: Ipv4Addr, index: u32) -> Ipv4Subnet {
+        let network = u32::from(base).wrapping_add(index.wrapping_mul(4));
+        Ipv4Subnet {
+            network: Ipv4Addr::from(network),
+            gateway: Ipv4Addr::from(network.wrapping_add(1)),
+            guest: Ipv4Addr::from(network.wrapping_add(2)),
+            netmask: Ipv4Addr::new(255, 255, 255, 252),
+        }
+    }
+}
+
+impl fmt::Display for Ipv4Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, Self::PREFIX_LEN)
+    }
+}
+
+#[derive(Debug)]
+pub enum PoolError {
+    BadConfig {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+        flag: &'static str,
+    },
+    BadName(CmdlineError),
+    AlreadyRunning {
+        name: String,
+        pid: Option<u32>,
+    },
+    Exhausted {
+        pool: &'static str,
+        range: String,
+        flag: &'static str,
+        dir: PathBuf,
+    },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadConfig { what, value, why, flag } => {
+                write!(f, "{what} {value}: {why}; fix it with {flag}")
+            }
+            Self::BadName(err) => write!(f, "VM name: {err}"),
+            Self::AlreadyRunning { name, pid } => {
+                let pid = pid.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+                write!(f, "a VM named {name:?} is already running (launcher pid {pid}); stop it or pick another {FLAG_NAME}")
+            }
+            Self::Exhausted { pool, range, flag, dir } => write!(
+                f,
+                "no free {pool} in {range}: all are leased by running VMs (leases in {}); stop a VM or widen the pool with {flag}",
+                dir.display()
+            ),
+            Self::Io { op, path, source } => {
+                write!(f, "cannot {op} {}: {source}", path.display())?;
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    write!(f, "; pass {FLAG_RUNTIME_DIR} or set {RUNTIME_DIR_ENV} to a directory you can write")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::BadName(err) => Some(err),
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn range_label(range: &RangeInclusive<u32>) -> String {
+    format!("{}..={}", range.start(), range.end())
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PoolError + 'a {
+    move |source| PoolError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `flock(LOCK_EX|LOCK_NB)`: Ok(false) when another open file description holds it.
+fn try_flock(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock takes an fd number and flags only; `file` is open for this call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Is `file` still the file at `path` (not unlinked by a releaser after we opened it)?
+fn still_linked(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(ours), Ok(now)) => ours.dev() == now.dev() && ours.ino() == now.ino(),
+        _ => false,
+    }
+}
+
+/// One held lock file; dropping it closes the fd, which releases the lock. Files of
+/// open-ended namespaces (VM ids, MACs) are unlinked first, while still locked, so the
+/// directory does not fill up; files of bounded ranges stay for the next allocator to reuse.
+#[derive(Debug)]
+struct LeaseFile {
+    path: PathBuf,
+    file: File,
+    unlink: bool,
+}
+
+impl LeaseFile {
+    /// Ok(None) when someone else holds `path`.
+    fn try_take(path: PathBuf, unlink: bool) -> Result<Option<LeaseFile>, PoolError> {
+        for _ in 0..BUSY_RETRIES {
+            // Opening an existing file first skips the directory's exclusive lock that
+            // O_CREAT takes, which all allocators scanning the same directory contend on.
+            let mut open = OpenOptions::new();
+            open.read(true).write(true);
+            let file = match open.open(&path) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    open.create(true).mode(0o644).open(&path)
+                }
+                other => other,
+            }
+            .map_err(io_err("open lease file", &path))?;
+            if !try_flock(&file).map_err(io_err("lock lease file", &path))? {
+                return Ok(None);
+            }
+            if still_linked(&file, &path) {
+                return Ok(Some(LeaseFile { path, file, unlink }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records who holds it, for `list` (informational only).
+    /// Overwrites, then trims only if the old record was longer: truncating a file to zero
+    /// makes ext4 flush it on close (auto_da_alloc), which cost ~12 ms per allocation.
+    fn record(&self, text: &str) -> Result<(), PoolError> {
+        let write = || {
+            self.file.write_all_at(text.as_bytes(), 0)?;
+            let len = text.len() as u64;
+            if self.file.metadata()?.len() > len {
+                self.file.set_len(len)?;
+            }
+            Ok(())
+        };
+        write().map_err(io_err("write lease file", &self.path))
+    }
+}
+
+impl Drop for LeaseFile {
+    fn drop(&mut self) {
+        // Unlinked while still locked: see `still_linked`. A failure only leaves a stale
+        // file that the next allocator takes over.
+        if self.unlink {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Everything one VM holds; dropping it releases all of it.
+#[derive(Debug)]
+pub struct Lease {
+    // Declared first so it is released first: `list` stops showing the VM before its parts go.
+    id_file: LeaseFile,
+    parts: [LeaseFile; 4],
+    id: String,
+    cid: u32,
+    mac: MacAddr,
+    net: Ipv4Subnet,
+    host_port: u32,
+}
+
+impl Lease {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn cid(&self) -> u32 {
+        self.cid
+    }
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+    pub fn net(&self) -> Ipv4Subnet {
+        self.net
+    }
+    pub fn host_port(&self) -> u32 {
+        self.host_port
+    }
+    /// The lock file recording this VM (its id lease).
+    pub fn record_path(&self) -> &Path {
+        &self.id_file.path
+    }
+}
+
+/// `id=… cid=… mac=… net=…/30 gateway=… guest=… host_port=…`, the form `list` reads back.
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (id, cid, mac, n, port) = (&self.id, self.cid, self.mac, self.net, self.host_port);
+        write!(
+            f,
+            "id={id} cid={cid} mac={mac} net={n} gateway={} guest={} host_port={port}",
+            n.gateway, n.guest
+        )
+    }
+}
+
+/// A held lease as `list` sees it; fields are None while the holder is still writing them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub cid: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub guest_ip: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub host_port: Option<u32>,
+}
+
+impl LeaseInfo {
+    fn parse(id: String, record: &str) -> LeaseInfo {
+        let get = |key: &str| {
+            record
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        };
+        LeaseInfo {
+            pid: get("pid").and_then(|v| v.parse().ok()),
+            cid: get("cid").and_then(|v| v.parse().ok()),
+            mac: get("mac").and_then(|v| v.parse().ok()),
+            guest_ip: get("guest").and_then(|v| v.parse().ok()),
+            gateway: get("gateway").and_then(|v| v.parse().ok()),
+            host_port: get("host_port").and_then(|v| v.parse().ok()),
+            id,
+        }
+    }
+}
+
+/// The host's lease pools, shared with every other launcher using the same runtime dir.
+#[derive(Debug)]
+pub struct Pool {
+    config: PoolConfig,
+    leases: PathBuf,
+}
+
+const KINDS: [&str; 5] = ["id", "cid", "mac", "net", "port"];
+
+impl Pool {
+    /// Checks the config and creates `<runtime_dir>/leases/{id,cid,mac,net,port}`.
+    pub fn open(config: PoolConfig) -> Result<Pool, PoolError> {
+        config.validate()?;
+        let leases = config.runtime_dir.join("leases");
+        for kind in KINDS {
+            let dir = leases.join(kind);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .map_err(io_err("create directory", &dir))?;
+        }
+        Ok(Pool { config, leases })
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    fn path(&self, kind: &str, value: &str) -> PathBuf {
+        self.leases.join(kind).join(format!("{value}.lock"))
+    }
+
+    /// Leases a VM id (`name`, or the first free `vm-<n>`), a CID, a /30, a host port and a
+    /// MAC. On any failure the values already taken are released again.
+    pub fn allocate(&self, name: Option<&str>) -> Result<Lease, PoolError> {
+        let (id, id_file) = match name {
+            Some(name) => (name.to_string(), self.take_name(name)?),
+            None => self.take_generated_name()?,
+        };
+        let cfg = &self.config;
+        let (cid, cid_file) = self
+            .take_first("cid", cfg.cids.clone(), |c| c.to_string())?
+            .ok_or_else(|| self.exhausted("cid", range_label(&cfg.cids), FLAG_CID_RANGE))?;
+        let subnets = 0..=cfg.subnet_count() - 1;
+        let network = |n| Ipv4Subnet::nth(cfg.subnet_base, n).network.to_string();
+        let (n, net_file) = self.take_first("net", subnets, network)?.ok_or_else(|| {
+            let label = format!("{}/{}", cfg.subnet_base, cfg.subnet_prefix);
+            self.exhausted("subnet", label, FLAG_SUBNET)
+        })?;
+        let ports = cfg.host_ports.clone();
+        let (host_port, port_file) = self
+            .take_first("port", ports, |p| p.to_string())?
+            .ok_or_else(|| {
+                let label = range_label(&cfg.host_ports);
+                self.exhausted("host port", label, FLAG_HOST_PORT_RANGE)
+            })?;
+        let (mac, mac_file) = self.take_mac()?;
+        let lease = Lease {
+            id_file,
+            parts: [cid_file, net_file, port_file, mac_file],
+            id,
+            cid,
+            mac,
+            net: Ipv4Subnet::nth(cfg.subnet_base, n),
+            host_port,
+        };
+        let pid = std::process::id();
+        for part in &lease.parts {
+            part.record(&format!("pid={pid} id={}\n", lease.id))?;
+        }
+        lease.id_file.record(&format!("pid={pid} {lease}\n"))?;
+        Ok(lease)
+    }
+
+    fn take_name(&self, name: &str) -> Result<LeaseFile, PoolError> {
+        validate_vm_id(name).map_err(PoolError::BadName)?;
+        let path = self.path("id", name);
+        for _ in 0..BUSY_RETRIES {
+            if let Some(file) = LeaseFile::try_take(path.clone(), true)? {
+                return Ok(file);
+            }
+            // Possibly only `list` probing a stale file for a moment.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let record = fs::read_to_string(&path).unwrap_or_default();
+        let pid = LeaseInfo::parse(String::new(), &record).pid;
+        Err(PoolError::AlreadyRunning {
+            name: name.to_string(),
+            pid,
+        })
+    }
+
+    fn take_generated_name(&self) -> Result<(String, LeaseFile), PoolError> {
+        // More names than CIDs can exist only if names were given by hand; stop somewhere.
+        let cids = &self.config.cids;
+        let limit = (cids.end() - cids.start()).saturating_add(1025);
+        for n in 1..=limit {
+            let id = format!("vm-{n}");
+            if let Some(file) = LeaseFile::try_take(self.path("id", &id), true)? {
+                return Ok((id, file));
+            }
+        }
+        Err(self.exhausted("generated VM id", format!("vm-1..vm-{limit}"), FLAG_NAME))
+    }
+
+    /// The first free value of `range`, or None when all are held.
+    fn take_first(
+        &self,
+        kind: &str,
+        range: RangeInclusive<u32>,
+        name: impl Fn(u32) -> String,
+    ) -> Result<Option<(u32, LeaseFile)>, PoolError> {
+        for n in range {
+            if let Some(file) = LeaseFile::try_take(self.path(kind, &name(n)), false)? {
+                return Ok(Some((n, file)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn take_mac(&self) -> Result<(MacAddr, LeaseFile), PoolError> {
+        let urandom = Path::new("/dev/urandom");
+        for _ in 0..64 {
+            let mac = MacAddr::random_local().map_err(io_err("read", urandom))?;
+            let file_name = mac.to_string().replace(':', "-");
+            if let Some(file) = LeaseFile::try_take(self.path("mac", &file_name), true)? {
+                return Ok((mac, file));
+            }
+        }
+        Err(self.exhausted("mac", "02:xx:xx:xx:xx:xx".into(), FLAG_RUNTIME_DIR))
+    }
+
+    fn exhausted(&self, pool: &'static str, range: String, flag: &'static str) -> PoolError {
+        let dir = self.leases.clone();
+        PoolError::Exhausted {
+            pool,
+            range,
+            flag,
+            dir,
+        }
+    }
+
+    /// The VMs holding leases now, by id. A lock file nobody holds is stale (its holder
+    /// died) and is removed instead of listed.
+    pub fn list(&self) -> Result<Vec<LeaseInfo>, PoolError> {
+        let dir = self.leases.join("id");
+        let mut infos = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+            let path = entry.map_err(io_err("read directory", &dir))?.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_suffix(".lock"))
+            else {
+                continue;
+            };
+            let Ok(mut file) = File::open(&path) else {
+                continue;
+            }; // released meanwhile
+            if try_flock(&file).map_err(io_err("lock lease file", &path))? {
+                if still_linked(&file, &path) {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            let mut record = String::new();
+            file.read_to_string(&mut record)
+                .map_err(io_err("read lease file", &path))?;
+            infos.push(LeaseInfo::parse(id.to_string(), &record));
+        }
+        infos.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(infos)
+    }
+}

@@ -1,0 +1,36 @@
+//! The launcher's few raw system calls.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// The child gets SIGKILL when the launcher dies, however it dies (kill -9 included).
+/// The signal follows the thread that forked, so spawn from the main thread.
+pub fn kill_with_parent(command: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl and
+    // getppid, both async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would send the signal.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Detaches the child into its own session (for `start`).
+pub fn new_session(command: &mut Command) -> &mut Command {
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}

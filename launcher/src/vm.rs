@@ -1,0 +1,520 @@
+//! One VM's life: lease → token → host services → vsock helper → hypervisor → VmReady →
+//! application → teardown. Every child dies with the launcher (PR_SET_PDEATHSIG), and
+//! teardown runs in order: Shutdown RPC, the hypervisor's own stop, SIGTERM, SIGKILL.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+use vm_proto::protos::common::EmptyMessage;
+use vm_proto::protos::guest::{LaunchProcessRequest, LaunchProcessResponse};
+use vm_proto::protos::guest_grpc::MaitredClient;
+use vm_proto::{CallError, Connector, GuestParams, Listener, Token};
+
+use crate::backend::{self, Backend};
+use crate::host_services::{CrashConfig, HostServices, VmEvent};
+use crate::hypervisor::{HvCommand, HypervisorError, Rootfs, Stop, VmSpec};
+use crate::log_forward::{LogForwarder, LogSink};
+use crate::pool::{Lease, Pool, PoolConfig, PoolError};
+use crate::sys;
+
+const SHUTDOWN_RPC_DEADLINE: Duration = Duration::from_secs(2);
+/// A TCG guest needs a few seconds to power off after Shutdown.
+const POWER_OFF_WAIT: Duration = Duration::from_secs(15);
+const STOP_WAIT: Duration = Duration::from_secs(5);
+const TERM_WAIT: Duration = Duration::from_secs(5);
+const HELPER_START: Duration = Duration::from_secs(10);
+
+pub struct VmOptions {
+    pub name: Option<String>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<Rootfs>,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    pub params: Vec<String>,
+    pub backend: Backend,
+    pub pool: PoolConfig,
+    pub boot_timeout: Duration,
+    pub crash: CrashConfig,
+    pub logs: LogSink,
+    /// Copy the serial console to stdout once the VM is ready (`run`).
+    pub console_to_stdout: bool,
+    pub vhost_device_vsock: PathBuf,
+    pub use_vhost: bool,
+}
+
+#[derive(Debug)]
+pub enum LaunchError {
+    Pool(PoolError),
+    Token(vm_proto::TokenError),
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    Hypervisor(HypervisorError),
+    Server(vm_proto::ServerError),
+    Transport(vm_proto::TransportError),
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    BootTimeout {
+        id: String,
+        secs: u64,
+        serial: PathBuf,
+    },
+    DiedDuringBoot {
+        id: String,
+        status: String,
+        serial: PathBuf,
+    },
+    Missing(&'static str),
+    Call(CallError),
+}
+
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pool(e) => e.fmt(f),
+            Self::Token(e) => e.fmt(f),
+            Self::Io { what, source } => write!(f, "{what}: {source}"),
+            Self::Hypervisor(e) => e.fmt(f),
+            Self::Server(e) => e.fmt(f),
+            Self::Transport(e) => e.fmt(f),
+            Self::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
+            Self::BootTimeout { id, secs, serial } => write!(
+                f,
+                "VM {id} did not report ready within {secs}s; its console log is {}",
+                serial.display()
+            ),
+            Self::DiedDuringBoot { id, status, serial } => write!(
+                f,
+                "VM {id} stopped during boot ({status}); its console log is {}",
+                serial.display()
+            ),
+            Self::Missing(what) => write!(f, "{what} is required; see --help"),
+            Self::Call(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Io { what, source }
+}
+
+/// Why the main loop stopped waiting.
+pub enum Ended {
+    Application {
+        status: vm_proto::protos::guest::ProcessStatus,
+        code: i32,
+    },
+    VmStopped(String),
+    Signal(i32),
+}
+
+pub struct RunningVm {
+    pub lease: Lease,
+    pub rundir: PathBuf,
+    pub serial_log: PathBuf,
+    pub host: HostServices,
+    maitred: Connector,
+    hv_pid: i32,
+    hv_exit: Receiver<String>,
+    hv_status: Option<String>,
+    helper: Option<Child>,
+    stop: Option<Stop>,
+    show_console: Arc<AtomicBool>,
+}
+
+fn spawn_child(mut command: Command, program: &str) -> Result<Child, LaunchError> {
+    sys::kill_with_parent(&mut command);
+    command.spawn().map_err(|source| LaunchError::Spawn {
+        program: program.to_string(),
+        source,
+    })
+}
+
+/// Waits for a socket file the helper creates when it is ready; it offers no other signal.
+fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), LaunchError> {
+    let deadline = Instant::now() + HELPER_START;
+    while !path.exists() {
+        if let Ok(Some(status)) = helper.try_wait() {
+            return Err(io("vhost-device-vsock")(std::io::Error::other(format!(
+                "exited during start-up ({status})"
+            ))));
+        }
+        if Instant::now() > deadline {
+            return Err(io("vhost-device-vsock")(std::io::Error::other(format!(
+                "{} did not appear within {}s",
+                path.display(),
+                HELPER_START.as_secs()
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Copies the hypervisor's stdout (the serial console) to the log file, and to our stdout
+/// once `show` is set.
+fn tee_console(
+    mut from: impl Read + Send + 'static,
+    mut log: std::fs::File,
+    show: Arc<AtomicBool>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = log.write_all(&buf[..n]);
+                    if show.load(Ordering::SeqCst) {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&buf[..n]);
+                        let _ = out.flush();
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl RunningVm {
+    /// Boots a VM and waits until maitred reports ready.
+    pub fn boot(opts: VmOptions) -> Result<RunningVm, LaunchError> {
+        let pool = Pool::open(opts.pool.clone()).map_err(LaunchError::Pool)?;
+        let lease = pool
+            .allocate(opts.name.as_deref())
+            .map_err(LaunchError::Pool)?;
+        let token = Token::generate().map_err(LaunchError::Token)?;
+        let rundir = opts.pool.runtime_dir.join("vms").join(lease.id());
+        let _ = std::fs::remove_dir_all(&rundir); // a crashed launcher's leftovers
+        std::fs::create_dir_all(&rundir).map_err(io(format!("creating {}", rundir.display())))?;
+        std::fs::set_permissions(&rundir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io(format!("securing {}", rundir.display())))?;
+
+        let wiring = backend::wiring(
+            &opts.backend,
+            &rundir,
+            lease.cid(),
+            lease.host_port(),
+            opts.use_vhost,
+        );
+        let params = GuestParams {
+            token: token.clone(),
+            host_port: lease.host_port(),
+            vm_id: lease.id().to_string(),
+        };
+        let mut cmdline = vec!["console=ttyS0".to_string(), "panic=-1".to_string()];
+        if opts.console_to_stdout {
+            cmdline.push("quiet".to_string());
+        }
+        cmdline.extend(opts.params.iter().cloned());
+        cmdline.push(params.to_cmdline());
+        let cmdline = cmdline.join(" ");
+
+        let trusted_pid = Arc::new(AtomicI32::new(0));
+        let listener = Listener::bind(&wiring.host_listen).map_err(LaunchError::Transport)?;
+        let host = HostServices::start(
+            lease.id(),
+            token.clone(),
+            listener,
+            backend::peer_filter(lease.cid(), trusted_pid.clone()),
+            LogForwarder::new(lease.id(), opts.logs),
+            opts.crash,
+        )
+        .map_err(LaunchError::Server)?;
+
+        let mut helper = None;
+        if let Some(args) = &wiring.vsock_helper {
+            let mut command = Command::new(&opts.vhost_device_vsock);
+            command
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            let mut child = spawn_child(command, &opts.vhost_device_vsock.display().to_string())?;
+            trusted_pid.store(child.id() as i32, Ordering::SeqCst);
+            if let crate::hypervisor::VsockBackend::VhostUser { socket } = &wiring.vsock {
+                if let Err(e) = wait_for_socket(socket, &mut child) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            }
+            helper = Some(child);
+        }
+
+        let serial_log = rundir.join("console.log");
+        let log_file = std::fs::File::create(&serial_log)
+            .map_err(io(format!("creating {}", serial_log.display())))?;
+        let show_console = Arc::new(AtomicBool::new(false));
+        let (mut hypervisor, stop) = match &opts.backend {
+            Backend::Process { maitred } => {
+                let cmdline_file = rundir.join("cmdline");
+                write_private(&cmdline_file, &cmdline)?;
+                let mut command = Command::new(maitred);
+                command
+                    .arg("--listen")
+                    .arg(wiring.maitred.to_string())
+                    .arg("--host")
+                    .arg(wiring.host_listen.to_string())
+                    .arg("--cmdline")
+                    .arg(&cmdline_file)
+                    .arg("--services")
+                    .arg(rundir.join("services"))
+                    .stdin(Stdio::null())
+                    .stderr(log_file);
+                let child = spawn_child(command, &maitred.display().to_string())?;
+                trusted_pid.store(child.id() as i32, Ordering::SeqCst);
+                show_console.store(opts.console_to_stdout, Ordering::SeqCst);
+                (child, None)
+            }
+            _ => {
+                let kernel = opts
+                    .kernel
+                    .clone()
+                    .ok_or(LaunchError::Missing("--kernel"))?;
+                let spec = VmSpec {
+                    name: lease.id().to_string(),
+                    kernel,
+                    initrd: opts.initrd.clone(),
+                    rootfs: opts.rootfs.clone(),
+                    mem_mib: opts.mem_mib,
+                    cpus: opts.cpus,
+                    cmdline,
+                    serial_log: None,
+                    control_socket: rundir.join("control.sock"),
+                    vsock: wiring.vsock.clone(),
+                    net: None,
+                    private_dir: rundir.clone(),
+                };
+                let hv = opts
+                    .backend
+                    .hypervisor()
+                    .ok_or(LaunchError::Missing("a hypervisor"))?;
+                let command: HvCommand = hv.command(&spec).map_err(LaunchError::Hypervisor)?;
+                command
+                    .write_private_files()
+                    .map_err(LaunchError::Hypervisor)?;
+                let mut std_command = command.to_command();
+                std_command.stdin(Stdio::null()).stdout(Stdio::piped());
+                let spawned = spawn_child(std_command, &command.program.to_string_lossy());
+                let mut child = spawned?;
+                if let Some(out) = child.stdout.take() {
+                    tee_console(out, log_file, show_console.clone());
+                }
+                (child, Some(hv.stop(&spec)))
+            }
+        };
+
+        let (tx, hv_exit) = bounded(1);
+        let hv_pid = hypervisor.id() as i32;
+        // The only waiter for the hypervisor; teardown signals it by pid.
+        std::thread::spawn(move || {
+            let status = hypervisor.wait().map_or_else(|e| e.to_string(), describe);
+            let _ = tx.send(status);
+        });
+
+        let maitred = Connector::new(
+            vm_proto::grpc_environment("launcher"),
+            wiring.maitred,
+            token,
+        );
+        let mut vm = RunningVm {
+            lease,
+            rundir,
+            serial_log,
+            host,
+            maitred,
+            hv_pid,
+            hv_exit,
+            hv_status: None,
+            helper,
+            stop,
+            show_console,
+        };
+        if let Err(e) = vm.wait_ready(opts.boot_timeout, opts.console_to_stdout) {
+            vm.teardown(false);
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration, show_console: bool) -> Result<(), LaunchError> {
+        let deadline = crossbeam_channel::after(timeout);
+        loop {
+            crossbeam_channel::select! {
+                recv(self.host.events) -> event => match event {
+                    Ok(VmEvent::Ready) => break,
+                    Ok(_) => {}
+                    Err(_) => return Err(LaunchError::Missing("the host services")),
+                },
+                recv(self.hv_exit) -> status => {
+                    let status = status.unwrap_or_else(|_| "unknown".into());
+                    self.hv_status = Some(status.clone());
+                    return Err(LaunchError::DiedDuringBoot {
+                        id: self.lease.id().to_string(),
+                        status,
+                        serial: self.serial_log.clone(),
+                    });
+                },
+                recv(deadline) -> _ => return Err(LaunchError::BootTimeout {
+                    id: self.lease.id().to_string(),
+                    secs: timeout.as_secs(),
+                    serial: self.serial_log.clone(),
+                }),
+            }
+        }
+        self.show_console.store(show_console, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn id(&self) -> &str {
+        self.lease.id()
+    }
+
+    /// LaunchProcess with the token, through the re-dialling connection.
+    pub fn launch(
+        &self,
+        req: &LaunchProcessRequest,
+        timeout: Duration,
+    ) -> Result<LaunchProcessResponse, CallError> {
+        self.maitred.call(timeout, |ch, opt| {
+            MaitredClient::new(ch).launch_process_opt(req, opt)
+        })
+    }
+
+    /// Waits for the application's exit, the VM's end, or a signal from `signals`.
+    pub fn wait_end(&mut self, signals: &Receiver<i32>) -> Ended {
+        loop {
+            crossbeam_channel::select! {
+                recv(self.host.events) -> event => match event {
+                    Ok(VmEvent::ApplicationExited { status, code }) => {
+                        return Ended::Application { status, code }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Ended::VmStopped("host services ended".into()),
+                },
+                recv(self.hv_exit) -> status => {
+                    let status = status.unwrap_or_else(|_| "unknown".into());
+                    self.hv_status = Some(status.clone());
+                    return Ended::VmStopped(status);
+                },
+                recv(signals) -> signal => return Ended::Signal(signal.unwrap_or(0)),
+            }
+        }
+    }
+
+    fn hypervisor_exited(&mut self, within: Duration) -> bool {
+        if self.hv_status.is_some() {
+            return true;
+        }
+        match self.hv_exit.recv_timeout(within) {
+            Ok(status) => {
+                self.hv_status = Some(status);
+                true
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
+        }
+    }
+
+    /// Stops everything and releases every resource. `ask_guest`: try the Shutdown RPC first.
+    pub fn teardown(mut self, ask_guest: bool) {
+        self.show_console.store(false, Ordering::SeqCst);
+        if ask_guest && !self.hypervisor_exited(Duration::ZERO) {
+            let _ = self.maitred.call(SHUTDOWN_RPC_DEADLINE, |ch, opt| {
+                MaitredClient::new(ch).shutdown_opt(&EmptyMessage::new(), opt)
+            });
+        }
+        let graceful = if ask_guest {
+            POWER_OFF_WAIT
+        } else {
+            Duration::ZERO
+        };
+        if !self.hypervisor_exited(graceful) {
+            if let Some(stop) = self.stop.take() {
+                request_stop(&stop);
+            }
+            if !self.hypervisor_exited(STOP_WAIT) {
+                signal(self.hv_pid, libc::SIGTERM);
+                if !self.hypervisor_exited(TERM_WAIT) {
+                    signal(self.hv_pid, libc::SIGKILL);
+                    self.hypervisor_exited(TERM_WAIT);
+                }
+            }
+        }
+        if let Some(mut helper) = self.helper.take() {
+            // vhost-device-vsock does not exit with the hypervisor.
+            signal(helper.id() as i32, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(helper.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = helper.kill();
+            let _ = helper.wait();
+        }
+        self.host.server.shutdown();
+        let _ = std::fs::remove_dir_all(&self.rundir);
+        // Dropping the lease (last) frees the id, CID, MAC, subnet and port.
+    }
+}
+
+fn signal(pid: i32, signal: i32) {
+    if pid > 0 {
+        // SAFETY: kill takes plain integers; pid > 0 names one process, never a group.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (_, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Asks the hypervisor to stop through its own channel (QMP quit, `crosvm stop`, …).
+fn request_stop(stop: &Stop) {
+    match stop {
+        Stop::Command(command) => {
+            let _ = command
+                .to_command()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        Stop::QmpQuit { socket } => {
+            if let Ok(mut qmp) = std::os::unix::net::UnixStream::connect(socket) {
+                let _ = qmp.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ =
+                    qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");
+                let mut sink = [0u8; 4096];
+                let _ = qmp.read(&mut sink);
+            }
+        }
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), LaunchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(io(format!("writing {}", path.display())))
+}
