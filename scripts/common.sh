@@ -40,3 +40,15 @@ cargo_need() {
 need_build_deps() {
     apt_need cmake g++ make pkg-config
 }
+
+# The guest programs: static binaries (glibc's static-pie links grpcio's C-core fine), in a
+# target dir of their own because RUSTFLAGS differ from the host build's.
+GUEST_TARGET=x86_64-unknown-linux-gnu
+GUEST_TARGET_DIR="$VM_TOOLS_CACHE/target-guest"
+build_guest_programs() {
+    need_build_deps
+    log "building the guest programs (static)"
+    CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --target "$GUEST_TARGET" -p maitred >&2
+    echo "$GUEST_TARGET_DIR/$GUEST_TARGET/release"
+}

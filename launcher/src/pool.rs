@@ -384,10 +384,6 @@ impl Lease {
     pub fn host_port(&self) -> u32 {
         self.host_port
     }
-    /// The lock file recording this VM (its id lease).
-    pub fn record_path(&self) -> &Path {
-        &self.id_file.path
-    }
 }
 
 /// `id=… cid=… mac=… net=…/30 gateway=… guest=… host_port=…`, the form `list` reads back.
