@@ -52,3 +52,10 @@ build_guest_programs() {
         cargo build --release --target "$GUEST_TARGET" -p maitred >&2
     echo "$GUEST_TARGET_DIR/$GUEST_TARGET/release"
 }
+
+# What booting a VM needs: QEMU, and vhost-device-vsock for vsock without /dev/vhost-vsock.
+need_vm_deps() {
+    need_build_deps
+    apt_need qemu-system-x86 busybox-static
+    cargo_need vhost-device-vsock vhost-device-vsock
+}

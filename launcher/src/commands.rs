@@ -133,10 +133,10 @@ pub fn run(args: RunArgs) -> ExitCode {
                 _ => code,
             },
             Ended::VmStopped(status) => {
+                crate::vm::print_console_tail(&vm.serial_log, 40);
                 eprintln!(
-                    "vm_launcher: VM {} stopped before the application ended ({status}); console log: {}",
-                    vm.id(),
-                    vm.serial_log.display()
+                    "vm_launcher: VM {} stopped before the application ended ({status})",
+                    vm.id()
                 );
                 EXIT_LAUNCHER_FAILED as i32
             }

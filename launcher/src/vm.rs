@@ -67,12 +67,10 @@ pub enum LaunchError {
     BootTimeout {
         id: String,
         secs: u64,
-        serial: PathBuf,
     },
     DiedDuringBoot {
         id: String,
         status: String,
-        serial: PathBuf,
     },
     Missing(&'static str),
     Call(CallError),
@@ -88,15 +86,13 @@ impl fmt::Display for LaunchError {
             Self::Server(e) => e.fmt(f),
             Self::Transport(e) => e.fmt(f),
             Self::Spawn { program, source } => write!(f, "cannot start {program}: {source}"),
-            Self::BootTimeout { id, secs, serial } => write!(
+            Self::BootTimeout { id, secs } => write!(
                 f,
-                "VM {id} did not report ready within {secs}s; its console log is {}",
-                serial.display()
+                "VM {id} did not report ready within {secs}s (its console is shown above); raise --boot-timeout if the host is slow"
             ),
-            Self::DiedDuringBoot { id, status, serial } => write!(
+            Self::DiedDuringBoot { id, status } => write!(
                 f,
-                "VM {id} stopped during boot ({status}); its console log is {}",
-                serial.display()
+                "VM {id} stopped during boot ({status}); its console is shown above"
             ),
             Self::Missing(what) => write!(f, "{what} is required; see --help"),
             Self::Call(e) => e.fmt(f),
@@ -344,6 +340,8 @@ impl RunningVm {
             show_console,
         };
         if let Err(e) = vm.wait_ready(opts.boot_timeout, opts.console_to_stdout) {
+            // The run directory goes with the teardown: show the console now.
+            print_console_tail(&vm.serial_log, 40);
             vm.teardown(false);
             return Err(e);
         }
@@ -365,13 +363,11 @@ impl RunningVm {
                     return Err(LaunchError::DiedDuringBoot {
                         id: self.lease.id().to_string(),
                         status,
-                        serial: self.serial_log.clone(),
                     });
                 },
                 recv(deadline) -> _ => return Err(LaunchError::BootTimeout {
                     id: self.lease.id().to_string(),
                     secs: timeout.as_secs(),
-                    serial: self.serial_log.clone(),
                 }),
             }
         }
@@ -468,6 +464,21 @@ impl RunningVm {
         let _ = std::fs::remove_dir_all(&self.rundir);
         // Dropping the lease (last) frees the id, CID, MAC, subnet and port.
     }
+}
+
+/// The last `lines` lines of the guest console, on stderr: what a failed boot said.
+pub fn print_console_tail(path: &Path, lines: usize) {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    eprintln!(
+        "--- last {lines} lines of the guest console ({}) ---",
+        path.display()
+    );
+    for line in &all[all.len().saturating_sub(lines)..] {
+        eprintln!("{line}");
+    }
+    eprintln!("--- end of the guest console ---");
 }
 
 fn signal(pid: i32, signal: i32) {
