@@ -49,7 +49,7 @@ build_guest_programs() {
     need_build_deps
     log "building the guest programs (static)"
     CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --release --target "$GUEST_TARGET" -p maitred >&2
+        cargo build --release --target "$GUEST_TARGET" -p maitred -p vm_syslog -p crash_collector >&2
     echo "$GUEST_TARGET_DIR/$GUEST_TARGET/release"
 }
 

@@ -6,175 +6,18 @@
 //! and image come from $VM_TOOLS_KERNEL / $VM_TOOLS_INITRD or are built (cached) by
 //! scripts/build-kernel and scripts/build-image.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use grpcio::RpcStatusCode;
 use vm_proto::protos::common::EmptyMessage;
-use vm_proto::protos::guest::{
-    LaunchProcessRequest, LaunchProcessResponse, MountRequest, ProcessStatus,
-};
+use vm_proto::protos::guest::{MountRequest, ProcessStatus};
 use vm_proto::protos::guest_grpc::MaitredClient;
-use vm_proto::{grpc_environment, Address, CallError, Connector, Token};
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The last stdout line of a build script, which is the artifact's path.
-fn script_output(script: &str) -> PathBuf {
-    let out = Command::new(workspace().join("scripts").join(script))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
-    assert!(out.status.success(), "scripts/{script} failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(text.lines().last().expect("a path").trim())
-}
-
-/// (kernel, initrd), built once per test run.
-fn artifacts() -> &'static (PathBuf, PathBuf) {
-    static ARTIFACTS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    ARTIFACTS.get_or_init(|| {
-        for tool in ["qemu-system-x86_64", "vhost-device-vsock"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                found,
-                "{tool} is missing: run scripts/test, which installs it"
-            );
-        }
-        let kernel = std::env::var_os("VM_TOOLS_KERNEL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| script_output("build-kernel"));
-        let initrd = std::env::var_os("VM_TOOLS_INITRD")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| script_output("build-image"));
-        (kernel, initrd)
-    })
-}
-
-/// `vm_launcher SUB --kernel K --initrd I --boot-timeout T ARGS…` on a private runtime dir.
-fn vm_cmd(runtime: &Path, sub: &str, args: &[&str]) -> Command {
-    let (kernel, initrd) = artifacts();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm_launcher"));
-    cmd.env("VM_LAUNCHER_RUNTIME_DIR", runtime)
-        .arg(sub)
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .args(["--boot-timeout", &BOOT_TIMEOUT.as_secs().to_string()])
-        .args(args);
-    cmd
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A VM started with `vm_launcher start`, stopped again when dropped.
-struct StartedVm {
-    runtime: tempfile::TempDir,
-    id: String,
-}
-
-impl StartedVm {
-    fn start(name: &str) -> StartedVm {
-        let runtime = tempfile::tempdir().unwrap();
-        let out = vm_cmd(runtime.path(), "start", &["--name", name])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "start failed: {}", show(&out));
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert_eq!(id, name);
-        StartedVm { runtime, id }
-    }
-
-    fn rundir(&self) -> PathBuf {
-        self.runtime.path().join("vms").join(&self.id)
-    }
-
-    /// The token, read as root from the VM's private QEMU config (mode 0600 in a 0700 dir).
-    fn token(&self) -> Token {
-        let cfg =
-            std::fs::read_to_string(self.rundir().join(format!("{}.qemu.cfg", self.id))).unwrap();
-        let at = cfg.find("maitred.token=").expect("token in the config") + "maitred.token=".len();
-        Token::parse(&cfg[at..at + 64]).unwrap()
-    }
-
-    fn maitred(&self, token: Token) -> Connector {
-        let uds = self.rundir().join("vsock.sock");
-        let addr: Address = format!("hybrid:{}:8888", uds.display()).parse().unwrap();
-        Connector::new(grpc_environment("e2e"), addr, token)
-    }
-
-    fn launch(
-        &self,
-        conn: &Connector,
-        req: &LaunchProcessRequest,
-    ) -> Result<LaunchProcessResponse, CallError> {
-        conn.call(CALL_TIMEOUT, |ch, o| {
-            MaitredClient::new(ch).launch_process_opt(req, o)
-        })
-    }
-
-    fn list(&self) -> String {
-        let out = vm_cmd_plain(self.runtime.path(), &["list"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for StartedVm {
-    fn drop(&mut self) {
-        let _ = vm_cmd_plain(self.runtime.path(), &["stop", "--all"]);
-    }
-}
-
-/// stop/list take no image flags.
-fn vm_cmd_plain(runtime: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vm_launcher"))
-        .env("VM_LAUNCHER_RUNTIME_DIR", runtime)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn wait_req(argv: &[&str]) -> LaunchProcessRequest {
-    let mut r = LaunchProcessRequest::new();
-    r.set_argv(argv.iter().map(|s| s.to_string()).collect());
-    r.set_wait_for_exit(true);
-    r.set_capture_output(true);
-    r
-}
-
-/// Processes whose command line mentions `needle` (our VM's run directory).
-fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            (cmd.contains(needle) && !stat.contains(") Z ")).then_some((pid, cmd))
-        })
-        .collect()
-}
+use vm_proto::Token;
 
 #[test]
 fn run_prints_output_and_exits_with_the_application_code() {

@@ -1,0 +1,169 @@
+//! Shared by the QEMU end-to-end tests: the kernel and image, `vm_launcher` commands on a
+//! private runtime dir, and a VM started with `vm_launcher start` that stops when dropped.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use vm_proto::protos::guest::{LaunchProcessRequest, LaunchProcessResponse};
+use vm_proto::protos::guest_grpc::MaitredClient;
+use vm_proto::{grpc_environment, Address, CallError, Connector, Token};
+
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The last stdout line of a build script, which is the artifact's path.
+pub fn script_output(script: &str) -> PathBuf {
+    let out = Command::new(workspace().join("scripts").join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
+    assert!(out.status.success(), "scripts/{script} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(text.lines().last().expect("a path").trim())
+}
+
+/// (kernel, initrd), built once per test run.
+pub fn artifacts() -> &'static (PathBuf, PathBuf) {
+    static ARTIFACTS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        for tool in ["qemu-system-x86_64", "vhost-device-vsock"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                found,
+                "{tool} is missing: run scripts/test, which installs it"
+            );
+        }
+        let kernel = std::env::var_os("VM_TOOLS_KERNEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| script_output("build-kernel"));
+        let initrd = std::env::var_os("VM_TOOLS_INITRD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| script_output("build-image"));
+        (kernel, initrd)
+    })
+}
+
+/// `vm_launcher SUB --kernel K --initrd I --boot-timeout T ARGS…` on a private runtime dir.
+pub fn vm_cmd(runtime: &Path, sub: &str, args: &[&str]) -> Command {
+    let (kernel, initrd) = artifacts();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm_launcher"));
+    cmd.env("VM_LAUNCHER_RUNTIME_DIR", runtime)
+        .arg(sub)
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--boot-timeout", &BOOT_TIMEOUT.as_secs().to_string()])
+        .args(args);
+    cmd
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A VM started with `vm_launcher start`, stopped again when dropped.
+pub struct StartedVm {
+    pub runtime: tempfile::TempDir,
+    pub id: String,
+}
+
+impl StartedVm {
+    pub fn start(name: &str) -> StartedVm {
+        let runtime = tempfile::tempdir().unwrap();
+        let out = vm_cmd(runtime.path(), "start", &["--name", name])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "start failed: {}", show(&out));
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(id, name);
+        StartedVm { runtime, id }
+    }
+
+    pub fn rundir(&self) -> PathBuf {
+        self.runtime.path().join("vms").join(&self.id)
+    }
+
+    /// The token, read as root from the VM's private QEMU config (mode 0600 in a 0700 dir).
+    pub fn token(&self) -> Token {
+        let cfg =
+            std::fs::read_to_string(self.rundir().join(format!("{}.qemu.cfg", self.id))).unwrap();
+        let at = cfg.find("maitred.token=").expect("token in the config") + "maitred.token=".len();
+        Token::parse(&cfg[at..at + 64]).unwrap()
+    }
+
+    pub fn maitred(&self, token: Token) -> Connector {
+        let uds = self.rundir().join("vsock.sock");
+        let addr: Address = format!("hybrid:{}:8888", uds.display()).parse().unwrap();
+        Connector::new(grpc_environment("e2e"), addr, token)
+    }
+
+    pub fn launch(
+        &self,
+        conn: &Connector,
+        req: &LaunchProcessRequest,
+    ) -> Result<LaunchProcessResponse, CallError> {
+        conn.call(CALL_TIMEOUT, |ch, o| {
+            MaitredClient::new(ch).launch_process_opt(req, o)
+        })
+    }
+
+    pub fn list(&self) -> String {
+        let out = vm_cmd_plain(self.runtime.path(), &["list"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for StartedVm {
+    fn drop(&mut self) {
+        let _ = vm_cmd_plain(self.runtime.path(), &["stop", "--all"]);
+    }
+}
+
+/// stop/list take no image flags.
+pub fn vm_cmd_plain(runtime: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vm_launcher"))
+        .env("VM_LAUNCHER_RUNTIME_DIR", runtime)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn wait_req(argv: &[&str]) -> LaunchProcessRequest {
+    let mut r = LaunchProcessRequest::new();
+    r.set_argv(argv.iter().map(|s| s.to_string()).collect());
+    r.set_wait_for_exit(true);
+    r.set_capture_output(true);
+    r
+}
+
+/// Processes whose command line mentions `needle` (our VM's run directory).
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            (cmd.contains(needle) && !stat.contains(") Z ")).then_some((pid, cmd))
+        })
+        .collect()
+}
