@@ -32,6 +32,8 @@ usage: vm_launcher run [options] -- APP [ARGS...]
   --cpus N               vCPUs (default 1)
   --name ID              VM id (default: generated); also the guest's hostname
   --params TEXT          extra guest kernel command line (repeatable)
+  --net tap|none         tap: a TAP device with the VM's /30 (root only), configured in the
+                         guest with ConfigureNetwork once it is ready (default none)
   --boot-timeout SECS    how long to wait for the guest to report ready (default 120)
   --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
@@ -61,6 +63,7 @@ pub struct RunArgs {
     pub cpus: u32,
     pub name: Option<String>,
     pub params: Vec<String>,
+    pub net: bool,
     pub boot_timeout: Duration,
     pub runtime_dir: Option<PathBuf>,
     pub crash_spool: Option<PathBuf>,
@@ -111,6 +114,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         cpus: 1,
         name: None,
         params: Vec::new(),
+        net: false,
         boot_timeout: Duration::from_secs(120),
         runtime_dir: None,
         crash_spool: None,
@@ -173,6 +177,15 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
                 run.name = Some(name);
             }
             "--params" => run.params.push(value()?),
+            "--net" => {
+                run.net = match value()?.as_str() {
+                    "tap" => true,
+                    "none" => false,
+                    other => {
+                        return Err(CliError(format!("--net {other:?}: expected tap or none")))
+                    }
+                }
+            }
             "--boot-timeout" => run.boot_timeout = Duration::from_secs(number(flag, &value()?)?),
             "--runtime-dir" => run.runtime_dir = Some(value()?.into()),
             "--crash-spool" => run.crash_spool = Some(value()?.into()),
@@ -189,6 +202,11 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     }
     if run.params.iter().any(|p| p.contains("maitred.")) {
         return Err(CliError("--params may not set maitred.* keys".into()));
+    }
+    if run.net && run.hypervisor == HypervisorName::Process {
+        return Err(CliError(
+            "--net tap needs a hypervisor, not --hypervisor process".into(),
+        ));
     }
     if run.hypervisor != HypervisorName::Process && run.kernel.is_none() {
         return Err(CliError("--kernel is required".into()));

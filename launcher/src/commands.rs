@@ -74,6 +74,7 @@ fn options(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<VmOp
         mem_mib: args.mem_mib,
         cpus: args.cpus,
         params: args.params,
+        net: args.net,
         backend,
         pool: PoolConfig::new(&runtime),
         boot_timeout: args.boot_timeout,

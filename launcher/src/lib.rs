@@ -15,4 +15,5 @@ pub mod hypervisor;
 pub mod log_forward;
 pub mod pool;
 mod sys;
+pub mod tap;
 pub mod vm;

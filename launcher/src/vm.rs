@@ -12,16 +12,19 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
 use vm_proto::protos::common::EmptyMessage;
-use vm_proto::protos::guest::{LaunchProcessRequest, LaunchProcessResponse};
+use vm_proto::protos::guest::{
+    IPv4Config, LaunchProcessRequest, LaunchProcessResponse, NetworkConfigRequest,
+};
 use vm_proto::protos::guest_grpc::MaitredClient;
 use vm_proto::{CallError, Connector, GuestParams, Listener, Token};
 
 use crate::backend::{self, Backend};
 use crate::host_services::{CrashConfig, HostServices, VmEvent};
-use crate::hypervisor::{HvCommand, HypervisorError, Rootfs, Stop, VmSpec};
+use crate::hypervisor::{HvCommand, HypervisorError, NetSpec, Rootfs, Stop, VmSpec};
 use crate::log_forward::{LogForwarder, LogSink};
 use crate::pool::{Lease, Pool, PoolConfig, PoolError};
 use crate::sys;
+use crate::tap::Tap;
 
 const SHUTDOWN_RPC_DEADLINE: Duration = Duration::from_secs(2);
 /// A TCG guest needs a few seconds to power off after Shutdown.
@@ -29,6 +32,7 @@ const POWER_OFF_WAIT: Duration = Duration::from_secs(15);
 const STOP_WAIT: Duration = Duration::from_secs(5);
 const TERM_WAIT: Duration = Duration::from_secs(5);
 const HELPER_START: Duration = Duration::from_secs(10);
+const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct VmOptions {
     pub name: Option<String>,
@@ -38,6 +42,8 @@ pub struct VmOptions {
     pub mem_mib: u32,
     pub cpus: u32,
     pub params: Vec<String>,
+    /// A TAP device and ConfigureNetwork once the guest is ready.
+    pub net: bool,
     pub backend: Backend,
     pub pool: PoolConfig,
     pub boot_timeout: Duration,
@@ -74,6 +80,7 @@ pub enum LaunchError {
     },
     Missing(&'static str),
     Call(CallError),
+    Tap(crate::tap::TapError),
 }
 
 impl fmt::Display for LaunchError {
@@ -96,6 +103,7 @@ impl fmt::Display for LaunchError {
             ),
             Self::Missing(what) => write!(f, "{what} is required; see --help"),
             Self::Call(e) => e.fmt(f),
+            Self::Tap(e) => e.fmt(f),
         }
     }
 }
@@ -128,6 +136,7 @@ pub struct RunningVm {
     hv_status: Option<String>,
     helper: Option<Child>,
     stop: Option<Stop>,
+    tap: Option<Tap>,
     show_console: Arc<AtomicBool>,
 }
 
@@ -250,6 +259,17 @@ impl RunningVm {
             helper = Some(child);
         }
 
+        let tap = match opts.net {
+            true => Some(Tap::create(lease.cid(), &lease.net()).map_err(LaunchError::Tap)?),
+            false => None,
+        };
+        let net = tap.as_ref().map(|t| NetSpec {
+            tap: t.name.clone(),
+            mac: lease.mac(),
+            host_ip: t.host_ip,
+            netmask: t.netmask,
+        });
+
         let serial_log = rundir.join("console.log");
         let log_file = std::fs::File::create(&serial_log)
             .map_err(io(format!("creating {}", serial_log.display())))?;
@@ -291,7 +311,7 @@ impl RunningVm {
                     serial_log: None,
                     control_socket: rundir.join("control.sock"),
                     vsock: wiring.vsock.clone(),
-                    net: None,
+                    net,
                     private_dir: rundir.clone(),
                 };
                 let hv = opts
@@ -337,6 +357,7 @@ impl RunningVm {
             hv_status: None,
             helper,
             stop,
+            tap,
             show_console,
         };
         if let Err(e) = vm.wait_ready(opts.boot_timeout, opts.console_to_stdout) {
@@ -345,7 +366,33 @@ impl RunningVm {
             vm.teardown(false);
             return Err(e);
         }
+        if let Err(e) = vm.configure_network() {
+            vm.teardown(true);
+            return Err(e);
+        }
         Ok(vm)
+    }
+
+    /// Gives the guest its half of the /30 (ConfigureNetwork), if it has a network.
+    fn configure_network(&self) -> Result<(), LaunchError> {
+        if self.tap.is_none() {
+            return Ok(());
+        }
+        let net = self.lease.net();
+        // The proto wants network byte order: the address octets as the u32's bytes.
+        let wire = |a: std::net::Ipv4Addr| u32::from_ne_bytes(a.octets());
+        let mut config = IPv4Config::new();
+        config.set_address(wire(net.guest));
+        config.set_netmask(wire(net.netmask));
+        config.set_gateway(wire(net.gateway));
+        let mut req = NetworkConfigRequest::new();
+        req.set_ipv4_config(config);
+        self.maitred
+            .call(CONFIGURE_TIMEOUT, |ch, opt| {
+                MaitredClient::new(ch).configure_network_opt(&req, opt)
+            })
+            .map(drop)
+            .map_err(LaunchError::Call)
     }
 
     fn wait_ready(&mut self, timeout: Duration, show_console: bool) -> Result<(), LaunchError> {

@@ -109,6 +109,39 @@ fn mount_rpc_takes_effect_in_the_guest() {
 }
 
 #[test]
+fn net_tap_gives_the_guest_its_address_and_route() {
+    // Root only (CI runs as root): a TAP device with the VM's /30, then ConfigureNetwork.
+    let vm = StartedVm::start_with("e2e-net", &["--net", "tap"]);
+    let list = vm.list();
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("e2e-net "))
+        .unwrap_or_else(|| panic!("{list}"));
+    let guest_ip = row.split_whitespace().nth(3).unwrap().to_string();
+    let good = vm.maitred(vm.token());
+    let out = vm
+        .launch(&good, &wait_req(&["ip", "addr", "show", "eth0"]))
+        .unwrap();
+    let addr = String::from_utf8_lossy(out.get_stdout()).into_owned();
+    assert!(addr.contains(&format!("inet {guest_ip}/30")), "{addr}");
+    assert!(addr.contains("state UP") || addr.contains(",UP"), "{addr}");
+    let out = vm.launch(&good, &wait_req(&["ip", "route"])).unwrap();
+    let routes = String::from_utf8_lossy(out.get_stdout()).into_owned();
+    let octets: Vec<u8> = guest_ip.split('.').map(|o| o.parse().unwrap()).collect();
+    let gateway = format!(
+        "{}.{}.{}.{}",
+        octets[0],
+        octets[1],
+        octets[2],
+        octets[3] - 1
+    );
+    assert!(
+        routes.contains(&format!("default via {gateway}")),
+        "{routes}"
+    );
+}
+
+#[test]
 fn shutdown_rpc_powers_off_and_leaves_nothing_running() {
     let vm = StartedVm::start("e2e-shutdown");
     let rundir = vm.rundir().display().to_string();

@@ -86,8 +86,14 @@ pub struct StartedVm {
 
 impl StartedVm {
     pub fn start(name: &str) -> StartedVm {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, extra: &[&str]) -> StartedVm {
         let runtime = tempfile::tempdir().unwrap();
-        let out = vm_cmd(runtime.path(), "start", &["--name", name])
+        let mut args = vec!["--name", name];
+        args.extend_from_slice(extra);
+        let out = vm_cmd(runtime.path(), "start", &args)
             .stdin(Stdio::null())
             .output()
             .unwrap();
