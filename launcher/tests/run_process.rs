@@ -188,3 +188,40 @@ fn children_named(parent: i32, name: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+#[test]
+fn ctrl_c_shuts_the_vm_down_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    ensure_maitred();
+    let mut child = Command::new(launcher())
+        .args(["run", "--hypervisor", "process", "--name", "ctrlc", "--runtime-dir"])
+        .arg(dir.path())
+        .args(["--", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let maitred_pid = loop {
+        if let Some(pid) = children_named(child.id() as i32, "maitred").first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "maitred never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The application is running once maitred has a child of its own.
+    while children_named(maitred_pid, "sleep").is_empty() {
+        assert!(Instant::now() < deadline, "the application never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("shutting VM ctrlc down"));
+    assert!(!alive(maitred_pid));
+    assert_eq!(std::fs::read_dir(dir.path().join("vms")).unwrap().count(), 0);
+}
