@@ -67,6 +67,11 @@ fn handled_signals() -> SigSet {
 fn run(config: Config) {
     let pid1 = config.pid1;
     if pid1 {
+        // PID 1 must not die: a panic anywhere is a bug, reported once, then power-off.
+        std::panic::set_hook(Box::new(|info| {
+            error!("fatal: {info}");
+            shutdown::power_off();
+        }));
         if let Err(e) = pid1::early_setup() {
             fatal(true, &e);
         }

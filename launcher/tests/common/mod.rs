@@ -139,6 +139,15 @@ impl StartedVm {
 
 impl Drop for StartedVm {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.rundir().join("console.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!(
+                "--- guest console of {} ({}) ---\n{text}--- end ---",
+                self.id,
+                log.display()
+            );
+        }
         let _ = vm_cmd_plain(self.runtime.path(), &["stop", "--all"]);
     }
 }
