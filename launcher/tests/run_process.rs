@@ -193,8 +193,15 @@ fn children_named(parent: i32, name: &str) -> Vec<i32> {
 fn ctrl_c_shuts_the_vm_down_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     ensure_maitred();
-    let mut child = Command::new(launcher())
-        .args(["run", "--hypervisor", "process", "--name", "ctrlc", "--runtime-dir"])
+    let child = Command::new(launcher())
+        .args([
+            "run",
+            "--hypervisor",
+            "process",
+            "--name",
+            "ctrlc",
+            "--runtime-dir",
+        ])
         .arg(dir.path())
         .args(["--", "sleep", "1000"])
         .stdout(Stdio::null())
@@ -223,5 +230,8 @@ fn ctrl_c_shuts_the_vm_down_and_exits_130() {
     assert_eq!(output.status.code(), Some(130));
     assert!(String::from_utf8_lossy(&output.stderr).contains("shutting VM ctrlc down"));
     assert!(!alive(maitred_pid));
-    assert_eq!(std::fs::read_dir(dir.path().join("vms")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("vms")).unwrap().count(),
+        0
+    );
 }
