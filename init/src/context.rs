@@ -20,6 +20,8 @@ pub struct Context {
     pub host: HostLink,
     /// True when maitred is the VM's init; false in host mode (tests, demos).
     pub pid1: bool,
+    /// This VM's id (maitred.vm_id): the hostname, also of containers.
+    pub vm_id: String,
     /// Set once shutdown begins: nothing is respawned after that.
     pub stopping: AtomicBool,
     pub shutdown: Sender<Shutdown>,

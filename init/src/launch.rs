@@ -8,6 +8,7 @@ use std::sync::Arc;
 use grpcio::{RpcStatus, RpcStatusCode};
 use vm_proto::protos::guest::{LaunchProcessRequest, LaunchProcessResponse, ProcessStatus};
 
+use crate::container;
 use crate::context::{Context, Shutdown};
 use crate::reaper::Exit;
 use crate::services;
@@ -33,6 +34,9 @@ pub fn validate(req: &LaunchProcessRequest) -> Result<ProcessSpec, RpcStatus> {
     }
     if req.get_capture_output() && !req.get_wait_for_exit() {
         return Err(invalid("capture_output needs wait_for_exit"));
+    }
+    if req.get_respawn() && req.has_container() {
+        return Err(invalid("a container process cannot be respawned"));
     }
     if req.get_capture_output() && req.get_use_console() {
         return Err(invalid("capture_output and use_console cannot be combined"));
@@ -121,7 +125,19 @@ pub fn launch(
     ctx: &Arc<Context>,
     req: &LaunchProcessRequest,
 ) -> Result<LaunchProcessResponse, RpcStatus> {
-    let spec = validate(req)?;
+    let mut spec = validate(req)?;
+    if req.has_container() {
+        spec = match container::wrap(req.get_container(), &ctx.vm_id, spec) {
+            Ok(wrapped) => wrapped,
+            Err(e) => {
+                let mut resp = LaunchProcessResponse::new();
+                resp.set_status(ProcessStatus::FAILED);
+                resp.set_code(e.errno());
+                resp.set_reason(e.to_string());
+                return Ok(resp);
+            }
+        };
+    }
     if req.get_respawn() {
         let name = spec.argv[0].clone();
         return Ok(match services::start(ctx, &name, spec, true) {

@@ -6,9 +6,13 @@
 //! - `spawn`: fork/exec with exec errors reported back; `services`: boot services, respawn.
 //! - `launch`, `network`, `guest_ops`: the work behind each RPC; `rpc`: the gRPC service.
 //! - `host`: calls to the host (VmReady, ApplicationExited); `shutdown`: the orderly end.
+//! - `container`: LaunchProcess in a container (mount, checks); `container_init`: the
+//!   re-executed `maitred --container-init` that builds the namespaces and reaps inside.
 //! - `sys`: the raw system calls, each with its safety argument.
 
 mod config;
+mod container;
+mod container_init;
 mod context;
 mod guest_ops;
 mod host;
@@ -39,6 +43,9 @@ use crate::shutdown::fatal;
 fn main() {
     let pid1 = std::process::id() == 1;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if !pid1 && args.first().map(String::as_str) == Some(container_init::FLAG) {
+        container_init::main(&args[1..]);
+    }
     match Config::from_args(pid1, &args) {
         Ok(config) => run(config),
         Err(ConfigError::Help) => println!("{USAGE}"),
@@ -114,6 +121,7 @@ fn run(config: Config) {
         reaper: reaper::Reaper::new(),
         host: host::HostLink::new(Connector::new(env.clone(), host_addr, params.token.clone())),
         pid1,
+        vm_id: params.vm_id.clone(),
         stopping: AtomicBool::new(false),
         shutdown: shutdown_tx,
     });

@@ -210,3 +210,29 @@ fn ifreq(name: &str) -> Result<libc::ifreq, Errno> {
     }
     Ok(req)
 }
+
+/// Removes `cap` from the bounding set (needs CAP_SETPCAP).
+pub fn drop_bounding_cap(cap: u32) -> Result<(), Errno> {
+    // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    match Errno::result(rc) {
+        // A capability this kernel does not know is not held either.
+        Err(Errno::EINVAL) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Ends the process by `signal` with its default action (used to mirror how a contained
+/// application died). Falls back to exit(128 + signal) for a signal that does not kill.
+pub fn die_by_signal(signal: i32) -> ! {
+    // SAFETY: signal/sigprocmask/raise take plain values and a local, initialised sigset.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    std::process::exit(128 + signal)
+}

@@ -1,0 +1,158 @@
+//! Containers in host mode (needs root, as CI has): maitred starts the process in its own
+//! namespaces on a busybox root built here, exactly as in the VM minus the disk mount.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use vm_proto::protos::guest::{ContainerSpec, LaunchProcessRequest, ProcessStatus};
+
+/// A busybox root: /bin/busybox plus applet links, and the directories a container needs.
+fn busybox_root(dir: &Path) {
+    for d in ["bin", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "busybox-static is missing: run scripts/test"
+    );
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "hostname", "cat", "ls", "touch", "echo", "sleep", "id", "grep",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+}
+
+fn in_container(root: &Path, writable: bool, script: &str) -> LaunchProcessRequest {
+    let mut r = wait_req(&["sh", "-c", script]);
+    r.set_capture_output(true);
+    r.set_env([("PATH".to_string(), "/bin".to_string())].into());
+    let mut c = ContainerSpec::new();
+    c.set_rootfs_dir(root.to_str().unwrap().into());
+    c.set_writable(writable);
+    r.set_container(c);
+    r
+}
+
+#[test]
+fn container_has_its_own_root_pid1_hostname_and_exit_code() {
+    let guest = Guest::start();
+    let root = guest.path("rootfs");
+    busybox_root(&root);
+    let r = guest
+        .launch(&in_container(
+            &root,
+            false,
+            "hostname; cat /proc/1/cmdline; echo; ls /; exit 4",
+        ))
+        .unwrap();
+    let out = String::from_utf8_lossy(r.get_stdout()).into_owned();
+    assert_eq!(
+        (r.get_status(), r.get_code()),
+        (ProcessStatus::EXITED, 4),
+        "{out}\n{}",
+        String::from_utf8_lossy(r.get_stderr())
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "test-vm", "{out}");
+    assert!(
+        lines[1].contains("--container-init"),
+        "PID 1 is the container's init: {out}"
+    );
+    let listing: Vec<&str> = lines[2..].to_vec();
+    assert_eq!(listing, ["bin", "dev", "etc", "proc", "tmp"], "{out}");
+}
+
+#[test]
+fn container_cannot_read_the_token_or_write_a_read_only_root() {
+    let guest = Guest::start();
+    let root = guest.path("rootfs");
+    busybox_root(&root);
+    let script =
+        "cat /proc/cmdline | grep -c maitred.token; touch /new-file && echo wrote; ls /dev; exit 0";
+    let r = guest.launch(&in_container(&root, false, script)).unwrap();
+    let out = String::from_utf8_lossy(r.get_stdout()).into_owned();
+    let err = String::from_utf8_lossy(r.get_stderr()).into_owned();
+    assert_eq!(out.lines().next(), Some("0"), "the token is visible: {out}");
+    assert!(!out.contains("wrote"), "wrote to a read-only root: {out}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    for node in ["null", "zero", "urandom", "pts", "shm", "tty"] {
+        assert!(out.lines().any(|l| l == node), "/dev/{node} missing: {out}");
+    }
+    assert!(!root.join("new-file").exists());
+
+    let r = guest
+        .launch(&in_container(&root, true, "touch /new-file && echo wrote"))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(r.get_stdout()), "wrote\n");
+    assert!(root.join("new-file").exists());
+}
+
+#[test]
+fn container_reaps_orphans_and_reports_the_signal() {
+    let guest = Guest::start();
+    let root = guest.path("rootfs");
+    busybox_root(&root);
+    // Orphans inside (each ( … & ) exits at once) are reaped by the container's PID 1.
+    let r = guest
+        .launch(&in_container(
+            &root,
+            false,
+            "i=0; while [ $i -lt 50 ]; do ( sleep 0 & ); i=$((i+1)); done; kill -SEGV $$",
+        ))
+        .unwrap();
+    assert_eq!(
+        (r.get_status(), r.get_code()),
+        (ProcessStatus::SIGNALED, 11)
+    );
+}
+
+#[test]
+fn container_bad_input_fails_clearly_and_maitred_keeps_running() {
+    let guest = Guest::start();
+    let root = guest.path("rootfs");
+    busybox_root(&root);
+    let mut missing_prog = in_container(&root, false, "true");
+    missing_prog.set_argv(vec!["/usr/bin/python3".to_string()].into());
+    let r = guest.launch(&missing_prog).unwrap();
+    assert_eq!(r.get_status(), ProcessStatus::FAILED);
+    assert!(
+        r.get_reason()
+            .contains("/usr/bin/python3 is not in the container"),
+        "{}",
+        r.get_reason()
+    );
+
+    let r = guest
+        .launch(&in_container(&guest.path("no-such-root"), false, "true"))
+        .unwrap();
+    assert_eq!(
+        (r.get_status(), r.get_code()),
+        (ProcessStatus::FAILED, libc::ENOENT)
+    );
+    assert!(
+        r.get_reason().contains("not a directory"),
+        "{}",
+        r.get_reason()
+    );
+
+    let mut no_root = in_container(&root, false, "true");
+    no_root.mut_container().clear_rootfs_dir();
+    let r = guest.launch(&no_root).unwrap();
+    assert_eq!(r.get_status(), ProcessStatus::FAILED);
+
+    let mut respawn = in_container(&root, false, "true");
+    respawn.set_wait_for_exit(false);
+    respawn.set_capture_output(false);
+    respawn.set_respawn(true);
+    assert!(guest.launch(&respawn).is_err());
+
+    let r = guest.launch(&wait_req(&["true"])).unwrap();
+    assert_eq!(
+        r.get_status(),
+        ProcessStatus::EXITED,
+        "maitred still serves"
+    );
+}
