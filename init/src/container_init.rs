@@ -28,8 +28,9 @@ pub const FLAG: &str = "--container-init";
 /// The container could not be set up (its reason is on stderr).
 pub const EXIT_SETUP_FAILED: i32 = 125;
 
-/// Capabilities the application keeps (Docker's default set); all others leave the
-/// bounding set, so not even root in the container can get them back.
+/// Capabilities the application keeps (Docker's default set less SYS_CHROOT, which could
+/// undo the chroot used on an initramfs root); all others leave the bounding set, so not
+/// even root in the container can get them back.
 const KEPT_CAPS: &[u32] = &[
     0,  // CHOWN
     1,  // DAC_OVERRIDE
@@ -41,7 +42,6 @@ const KEPT_CAPS: &[u32] = &[
     8,  // SETPCAP
     10, // NET_BIND_SERVICE
     13, // NET_RAW
-    18, // SYS_CHROOT
     27, // MKNOD
     29, // AUDIT_WRITE
     31, // SETFCAP
@@ -336,9 +336,26 @@ fn build_root(root: &Path, hostname: &str, read_only: bool) -> Result<(), String
     )?;
 
     std::env::set_current_dir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
-    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {}", e.desc()))?;
-    umount2(".", MntFlags::MNT_DETACH)
-        .map_err(|e| format!("detaching the old root: {}", e.desc()))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => umount2(".", MntFlags::MNT_DETACH)
+            .map_err(|e| format!("detaching the old root: {}", e.desc()))?,
+        // The VM's root is the initramfs, which pivot_root refuses (EINVAL): move the new
+        // root over / and chroot instead, as runc does. CAP_SYS_CHROOT is not kept (see
+        // KEPT_CAPS), so the application cannot chroot its way back out.
+        Err(nix::errno::Errno::EINVAL) => {
+            let here = Path::new(".");
+            mnt(
+                Some(here),
+                Path::new("/"),
+                None,
+                MsFlags::MS_MOVE,
+                None,
+                "the root over /",
+            )?;
+            nix::unistd::chroot(".").map_err(|e| format!("chroot: {}", e.desc()))?;
+        }
+        Err(e) => return Err(format!("pivot_root: {}", e.desc())),
+    }
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     Ok(())
 }
@@ -450,10 +467,11 @@ mod tests {
     #[test]
     fn kept_caps_exclude_sys_admin_and_module_loading() {
         for forbidden in [
-            12, /* NET_ADMIN */
-            16, /* SYS_MODULE */
-            21, /* SYS_ADMIN */
-            22, /* SYS_BOOT */
+            12, // NET_ADMIN
+            16, // SYS_MODULE
+            18, // SYS_CHROOT
+            21, // SYS_ADMIN
+            22, // SYS_BOOT
         ] {
             assert!(!KEPT_CAPS.contains(&forbidden));
         }

@@ -25,6 +25,9 @@ usage: vm_launcher run [options] -- APP [ARGS...]
   --initrd PATH          initramfs
   --rootfs PATH          raw disk image for the root filesystem (read-only)
   --rootfs-rw            attach the rootfs read-write
+  --container ROOTFS     run APP in a container whose root is ROOTFS: an ext4 image, or a
+                         directory (turned into an image with mke2fs -d); read-only
+  --container-rw         the container's root is writable
   --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
                          host-mode maitred as a child process (tests and demos)
   --accel kvm|tcg        QEMU accelerator (default: tcg unless --accel kvm)
@@ -57,6 +60,8 @@ pub struct RunArgs {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub rootfs: Option<Rootfs>,
+    pub container: Option<PathBuf>,
+    pub container_rw: bool,
     pub hypervisor: HypervisorName,
     pub accel: Accel,
     pub mem_mib: u32,
@@ -108,6 +113,8 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         kernel: None,
         initrd: None,
         rootfs: None,
+        container: None,
+        container_rw: false,
         hypervisor: HypervisorName::Qemu,
         accel: Accel::Tcg,
         mem_mib: 512,
@@ -137,6 +144,10 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
                 rootfs_rw = true;
                 continue;
             }
+            "--container-rw" => {
+                run.container_rw = true;
+                continue;
+            }
             _ => {}
         }
         let mut value = || {
@@ -147,6 +158,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         match flag {
             "--kernel" => run.kernel = Some(value()?.into()),
             "--initrd" => run.initrd = Some(value()?.into()),
+            "--container" => run.container = Some(value()?.into()),
             "--rootfs" => {
                 run.rootfs = Some(Rootfs {
                     path: value()?.into(),
@@ -202,6 +214,16 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     }
     if run.params.iter().any(|p| p.contains("maitred.")) {
         return Err(CliError("--params may not set maitred.* keys".into()));
+    }
+    if run.container.is_some() && run.rootfs.is_some() {
+        return Err(CliError(
+            "--container and --rootfs both want the VM's disk; use one".into(),
+        ));
+    }
+    if run.container.is_some() && !allow_app {
+        return Err(CliError(
+            "--container goes with run: it is where the application runs".into(),
+        ));
     }
     if run.net && run.hypervisor == HypervisorName::Process {
         return Err(CliError(

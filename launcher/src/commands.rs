@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use nix::sys::signal::{SigSet, Signal};
-use vm_proto::protos::guest::{LaunchProcessRequest, ProcessStatus};
+use vm_proto::protos::guest::{ContainerSpec, LaunchProcessRequest, ProcessStatus};
 
 use crate::backend::Backend;
 use crate::cli::{HypervisorName, RunArgs};
+use crate::container_image;
 use crate::host_services::CrashConfig;
-use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu};
+use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu, Rootfs};
 use crate::log_forward::LogSink;
 use crate::pool::{default_runtime_dir, Pool, PoolConfig};
 use crate::sys;
@@ -93,9 +94,61 @@ fn options(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<VmOp
     })
 }
 
-pub fn run(args: RunArgs) -> ExitCode {
+/// The container the application runs in, and the scratch disk image to delete afterwards.
+struct Container {
+    spec: ContainerSpec,
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(path) = &self.scratch {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `--container ROOTFS`: the rootfs as the VM's disk (or, for the process back-end, a
+/// directory maitred uses as it is) and the spec for LaunchProcess.
+fn prepare_container(args: &mut RunArgs) -> Result<Option<Container>, String> {
+    let Some(rootfs) = args.container.clone() else {
+        return Ok(None);
+    };
+    let mut spec = ContainerSpec::new();
+    spec.set_writable(args.container_rw);
+    if args.hypervisor == HypervisorName::Process {
+        let dir = std::fs::canonicalize(&rootfs)
+            .map_err(|e| format!("--container {}: {e}", rootfs.display()))?;
+        spec.set_rootfs_dir(dir.to_string_lossy().into_owned());
+        return Ok(Some(Container {
+            spec,
+            scratch: None,
+        }));
+    }
+    let runtime = runtime_dir(args.runtime_dir.clone());
+    std::fs::create_dir_all(&runtime)
+        .map_err(|e| format!("creating {}: {e}", runtime.display()))?;
+    let scratch = runtime.join(format!("container-{}.img", std::process::id()));
+    let (disk, temporary) = container_image::disk_for(&rootfs, scratch)?;
+    args.rootfs = Some(Rootfs {
+        path: disk.clone(),
+        read_only: !args.container_rw,
+    });
+    // The only disk of the VM.
+    spec.set_rootfs_device("/dev/vda".into());
+    Ok(Some(Container {
+        spec,
+        scratch: temporary.then_some(disk),
+    }))
+}
+
+pub fn run(mut args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let app = args.app.clone();
+    let container = match prepare_container(&mut args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let opts = match options(args, LogSink::Terminal, true) {
         Ok(o) => o,
         Err(e) => return fail(e),
@@ -108,6 +161,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     req.set_argv(app.clone().into());
     req.set_is_application(true);
     req.set_use_console(true);
+    if let Some(container) = &container {
+        req.set_container(container.spec.clone());
+    }
     let code = match vm.launch(&req, LAUNCH_TIMEOUT) {
         Err(e) => {
             vm.teardown(true);

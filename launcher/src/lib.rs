@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod container_image;
 pub mod crash_spool;
 pub mod host_services;
 pub mod hypervisor;
