@@ -1,0 +1,132 @@
+//! Wires vm_syslog together: the token from the kernel command line, the /dev/log and
+//! /dev/kmsg reader threads, the buffer, and the sender (on the calling thread) until
+//! SIGTERM, when everything waiting is flushed.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use vm_proto::{Address, CmdlineError, Connector, GuestParams, HOST_CID};
+
+use crate::buffer::Buffer;
+use crate::config::Config;
+use crate::devlog::{DevLog, DevLogError};
+use crate::grpc_collector::GrpcCollector;
+use crate::kmsg_reader::KmsgReader;
+use crate::kmsg_state::{read_boot_id, KmsgState, BOOT_ID_PATH};
+use crate::sender::{Sender, SenderConfig};
+
+/// Records are sent in batches of about this many bytes.
+pub const BATCH_BYTES: usize = 64 << 10;
+
+#[derive(Debug)]
+pub enum DaemonError {
+    ReadCmdline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Cmdline {
+        path: PathBuf,
+        source: CmdlineError,
+    },
+    DevLog(DevLogError),
+    Signals(std::io::Error),
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ReadCmdline { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            Self::Cmdline { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::DevLog(e) => e.fmt(f),
+            Self::Signals(e) => write!(f, "cannot handle SIGTERM: {e}"),
+            Self::Thread(e) => write!(f, "cannot start a reader thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn guest_params(path: &PathBuf) -> Result<GuestParams, DaemonError> {
+    let bytes = std::fs::read(path).map_err(|source| DaemonError::ReadCmdline {
+        path: path.clone(),
+        source,
+    })?;
+    GuestParams::from_cmdline(&String::from_utf8_lossy(&bytes)).map_err(|source| {
+        DaemonError::Cmdline {
+            path: path.clone(),
+            source,
+        }
+    })
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), DaemonError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(DaemonError::Thread)
+}
+
+/// Runs until SIGTERM or SIGINT, then flushes and returns.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let params = guest_params(&config.cmdline)?;
+    let host = config.host.clone().unwrap_or(Address::Vsock {
+        cid: HOST_CID,
+        port: params.host_port,
+    });
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+    let buffer = Arc::new(Buffer::new(config.buffer_bytes, BATCH_BYTES));
+
+    let devlog = DevLog::bind(&config.socket).map_err(DaemonError::DevLog)?;
+    let b = buffer.clone();
+    spawn("devlog", move || devlog.run(b))?;
+
+    let state = KmsgState::new(config.state.clone(), read_boot_id(BOOT_ID_PATH.as_ref()));
+    let kmsg_state = match &config.kmsg {
+        None => None,
+        Some(path) => match KmsgReader::open(path, state.load()) {
+            Ok(reader) => {
+                let b = buffer.clone();
+                spawn("kmsg", move || {
+                    let _ = reader.run(b);
+                })?;
+                Some(state)
+            }
+            Err(e) => {
+                eprintln!("vm_syslog: {e}; serving {} only", config.socket.display());
+                None
+            }
+        },
+    };
+
+    let stopper = buffer.clone();
+    spawn("signals", move || {
+        if signals.forever().next().is_some() {
+            stopper.stop();
+        }
+    })?;
+
+    let connector = Connector::new(vm_proto::grpc_environment("vm_syslog"), host, params.token);
+    let sender_config = SenderConfig {
+        capacity: config.buffer_bytes,
+        ..SenderConfig::default()
+    };
+    let stats = Sender::new(&buffer, GrpcCollector::new(connector), sender_config)
+        .with_kmsg_state(kmsg_state)
+        .run();
+    // Senders now fail fast instead of filling a queue nobody reads.
+    let _ = std::fs::remove_file(&config.socket);
+    if stats.abandoned > 0 {
+        eprintln!(
+            "vm_syslog: stopped with {} records undelivered",
+            stats.abandoned
+        );
+    }
+    Ok(())
+}

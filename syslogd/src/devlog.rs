@@ -1,0 +1,219 @@
+//! The /dev/log source: a Unix datagram socket, mode 0666, one record per datagram. A stale
+//! socket from an earlier run is replaced. With SO_PASSCRED every datagram carries the
+//! sender's credentials, so the pid recorded is the kernel's, not what the sender claims.
+//!
+//! The reader does nothing but receive, parse and push into the buffer: the kernel queues
+//! only `net.unix.max_dgram_qlen` (10) datagrams, and past that every syslog() in the guest
+//! blocks. A datagram longer than the receive buffer is cut by the kernel (MSG_TRUNC) and
+//! its record marked truncated.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials,
+};
+
+use crate::buffer::Buffer;
+use crate::record::{Kind, Timestamp, MAX_CONTENT};
+use crate::syslog_format;
+
+/// Room for the largest record plus any header; longer datagrams are cut.
+const RECV_BYTES: usize = MAX_CONTENT + 4096;
+/// Asked for, so bursts wait in the kernel rather than in the senders.
+const RCVBUF_BYTES: usize = 4 << 20;
+
+#[derive(Debug)]
+pub enum DevLogError {
+    NotASocket(PathBuf),
+    RemoveStale { path: PathBuf, source: io::Error },
+    Bind { path: PathBuf, source: io::Error },
+    Setup { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for DevLogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotASocket(p) => write!(
+                f,
+                "{} exists and is not a socket; refusing to replace it",
+                p.display()
+            ),
+            Self::RemoveStale { path, source } => {
+                write!(
+                    f,
+                    "cannot remove the stale socket {}: {source}",
+                    path.display()
+                )
+            }
+            Self::Bind { path, source } => {
+                write!(
+                    f,
+                    "cannot bind the syslog socket {}: {source}",
+                    path.display()
+                )
+            }
+            Self::Setup { path, source } => {
+                write!(
+                    f,
+                    "cannot set up the syslog socket {}: {source}",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for DevLogError {}
+
+pub struct DevLog {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+/// Removes a socket left by an earlier run; anything else at `path` is an error.
+fn remove_stale(path: &Path) -> Result<(), DevLogError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| DevLogError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Ok(_) => Err(DevLogError::NotASocket(path.to_path_buf())),
+        Err(_) => Ok(()),
+    }
+}
+
+impl DevLog {
+    pub fn bind(path: &Path) -> Result<DevLog, DevLogError> {
+        remove_stale(path)?;
+        let setup = |source| DevLogError::Setup {
+            path: path.to_path_buf(),
+            source,
+        };
+        let socket = UnixDatagram::bind(path).map_err(|source| DevLogError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(setup)?;
+        setsockopt(&socket, sockopt::PassCred, &true).map_err(|e| setup(e.into()))?;
+        // Best effort: without CAP_NET_ADMIN the kernel caps it at rmem_max.
+        if setsockopt(&socket, sockopt::RcvBufForce, &RCVBUF_BYTES).is_err() {
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &RCVBUF_BYTES);
+        }
+        Ok(DevLog {
+            socket,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Receives one datagram into `buf`: (length, cut by the kernel, sender pid or 0).
+    fn receive(&self, buf: &mut [u8], cmsg: &mut [u8]) -> nix::Result<(usize, bool, u32)> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<()>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+        let mut pid = 0;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmCredentials(creds) = c {
+                    pid = u32::try_from(creds.pid()).unwrap_or(0);
+                }
+            }
+        }
+        Ok((msg.bytes, truncated, pid))
+    }
+
+    /// Receives forever, pushing one record per datagram into `buffer`.
+    pub fn run(self, buffer: Arc<Buffer>) {
+        let mut buf = vec![0u8; RECV_BYTES];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut errors = 0u64;
+        loop {
+            match self.receive(&mut buf, &mut cmsg) {
+                Ok((len, cut, pid)) => {
+                    let mut record = syslog_format::parse(&buf[..len], Timestamp::now());
+                    record.truncated |= cut;
+                    if pid != 0 {
+                        record.pid = pid;
+                    }
+                    buffer.push(Kind::User, record, None);
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // ENOMEM and friends: say so (rarely) and keep serving.
+                    errors += 1;
+                    if errors.is_power_of_two() {
+                        eprintln!(
+                            "vm_syslog: receiving on {} failed ({errors} times): {e}",
+                            self.path.display()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn bind_replaces_a_stale_socket_and_is_world_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        drop(UnixDatagram::bind(&path).unwrap());
+        let devlog = DevLog::bind(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o666);
+        let client = UnixDatagram::unbound().unwrap();
+        client.send_to(b"<11>Nov 27 01:30:40 t: x", &path).unwrap();
+        let mut buf = vec![0u8; 64];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let (len, cut, pid) = devlog.receive(&mut buf, &mut cmsg).unwrap();
+        assert_eq!(&buf[..len], b"<11>Nov 27 01:30:40 t: x");
+        assert!(!cut);
+        assert_eq!(pid, std::process::id());
+    }
+
+    #[test]
+    fn bind_refuses_to_replace_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = DevLog::bind(&path).err().unwrap().to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn receive_oversized_datagram_is_cut_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let devlog = DevLog::bind(&path).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client.send_to(&[b'x'; 100], &path).unwrap();
+        let mut buf = vec![0u8; 40];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let (len, cut, _) = devlog.receive(&mut buf, &mut cmsg).unwrap();
+        assert_eq!((len, cut), (40, true));
+    }
+}
