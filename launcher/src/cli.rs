@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::hypervisor::{Accel, Rootfs};
+use crate::log_forward::LogSink;
 
 pub const USAGE: &str = "\
 usage: vm_launcher <command> [options]
@@ -41,6 +42,8 @@ usage: vm_launcher run [options] -- APP [ARGS...]
   --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
+  --log-dest DEST        guest logs: terminal (run's default), syslog (the host's /dev/log,
+                         start's default), unix:PATH (a syslog socket), file:PATH or none
   --maitred PATH         host-mode maitred for --hypervisor process (default: beside vm_launcher)
   --vhost-device-vsock PATH  the vhost-user vsock back-end (default: from PATH)
 
@@ -73,6 +76,8 @@ pub struct RunArgs {
     pub runtime_dir: Option<PathBuf>,
     pub crash_spool: Option<PathBuf>,
     pub crash_reporter: Option<Vec<String>>,
+    /// None: the command's default (terminal for run, the host's syslog for start).
+    pub log_dest: Option<LogSink>,
     pub maitred: Option<PathBuf>,
     pub vhost_device_vsock: PathBuf,
     pub app: Vec<String>,
@@ -126,6 +131,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         runtime_dir: None,
         crash_spool: None,
         crash_reporter: None,
+        log_dest: None,
         maitred: None,
         vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
         app: Vec::new(),
@@ -203,6 +209,13 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--crash-spool" => run.crash_spool = Some(value()?.into()),
             "--crash-reporter" => {
                 run.crash_reporter = Some(value()?.split_whitespace().map(String::from).collect())
+            }
+            "--log-dest" => {
+                let dest = value()?;
+                let sink = dest
+                    .parse()
+                    .map_err(|e| CliError(format!("--log-dest: {e}")))?;
+                run.log_dest = Some(sink);
             }
             "--maitred" => run.maitred = Some(value()?.into()),
             "--vhost-device-vsock" => run.vhost_device_vsock = value()?.into(),
@@ -379,6 +392,32 @@ mod tests {
             let err = parse(&args(&a)).unwrap_err().to_string();
             assert!(err.contains(want), "{a:?}: {err}");
         }
+    }
+
+    #[test]
+    fn parse_log_dest_every_form_and_default() {
+        let dest = |v: &str| -> Result<Option<LogSink>, CliError> {
+            match parse(&args(&["start", "--kernel", "k", "--log-dest", v]))? {
+                Cli::Start(run) => Ok(run.log_dest),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(dest("terminal"), Ok(Some(LogSink::Terminal)));
+        assert_eq!(dest("syslog"), Ok(Some(LogSink::host_syslog())));
+        assert_eq!(
+            dest("unix:/tmp/log"),
+            Ok(Some(LogSink::Syslog("/tmp/log".into())))
+        );
+        assert_eq!(
+            dest("file:/tmp/vm.log"),
+            Ok(Some(LogSink::File("/tmp/vm.log".into())))
+        );
+        let err = dest("tcp:x").unwrap_err().to_string();
+        assert!(err.contains("--log-dest") && err.contains("tcp:x"), "{err}");
+        let Cli::Start(run) = parse(&args(&["start", "--kernel", "k"])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(run.log_dest, None);
     }
 
     #[test]

@@ -149,7 +149,8 @@ pub fn run(mut args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let opts = match options(args, LogSink::Terminal, true) {
+    let logs = args.log_dest.clone().unwrap_or(LogSink::Terminal);
+    let opts = match options(args, logs, true) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
@@ -252,7 +253,8 @@ pub fn start(args: RunArgs) -> ExitCode {
 
 fn serve_detached(args: RunArgs) -> ExitCode {
     let signals = signal_channel();
-    let opts = match options(args, LogSink::Discard, false) {
+    let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
+    let opts = match options(args, logs, false) {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
