@@ -1,0 +1,200 @@
+//! crash_collector's command line → [`Config`]. The kernel runs it as
+//! `|/sbin/crash_collector %P %s %t %e` (global pid, signal, Unix time, executable name);
+//! the flags exist for tests and for converting a saved core by hand.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::collect::{CrashArgs, DEFAULT_MAX_SIZE};
+
+pub const USAGE: &str = "\
+usage: crash_collector [options] PID SIGNAL TIME EXE
+
+The kernel's core_pattern pipe helper: reads an ELF core on stdin, writes a minidump and
+sends it with its metadata to the host's CrashListener (or keeps it in the spool when the
+host cannot be reached, to be sent first by the next run).
+
+  --host ADDR        host address (default vsock:2:<maitred.host_port from --cmdline>)
+  --cmdline FILE     kernel command line with the maitred.* keys (default /proc/cmdline)
+  --proc DIR         /proc root to read the crashed process from (default /proc)
+  --core FILE        read the core from FILE instead of stdin
+  --spool DIR        where unsent reports wait (default /var/spool/crash)
+  --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M)
+  --output DIR       write <exe>.<date>.<pid>.dmp/.meta to DIR instead of sending
+
+Exit status: 0 sent or written, 1 kept in the spool, 2 usage error, 3 nothing could be kept.";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub crash: CrashArgs,
+    pub host: Option<String>,
+    pub cmdline: PathBuf,
+    pub proc_root: PathBuf,
+    pub core: Option<PathBuf>,
+    pub spool: PathBuf,
+    pub max_size: u64,
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgsError {
+    Help,
+    MissingValue(String),
+    UnknownOption(String),
+    BadNumber { what: &'static str, value: String },
+    Positional(usize),
+}
+
+impl fmt::Display for ArgsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Help => write!(f, "{USAGE}"),
+            Self::MissingValue(flag) => write!(f, "{flag} needs a value"),
+            Self::UnknownOption(flag) => write!(f, "unknown option {flag:?}"),
+            Self::BadNumber { what, value } => write!(f, "{what} {value:?} is not a valid number"),
+            Self::Positional(n) => write!(f, "expected PID SIGNAL TIME EXE, got {n} arguments"),
+        }
+    }
+}
+
+impl std::error::Error for ArgsError {}
+
+fn number<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T, ArgsError> {
+    value.parse().map_err(|_| ArgsError::BadNumber {
+        what,
+        value: value.to_string(),
+    })
+}
+
+/// "8M", "512K", "1000".
+pub fn parse_size(value: &str) -> Result<u64, ArgsError> {
+    let (digits, shift) = match value.as_bytes().last() {
+        Some(b'K' | b'k') => (&value[..value.len() - 1], 10),
+        Some(b'M' | b'm') => (&value[..value.len() - 1], 20),
+        _ => (value, 0),
+    };
+    let n: u64 = number("--max-size", digits)?;
+    n.checked_mul(1 << shift).ok_or(ArgsError::BadNumber {
+        what: "--max-size",
+        value: value.to_string(),
+    })
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
+    let mut config = Config {
+        crash: CrashArgs::default(),
+        host: None,
+        cmdline: PathBuf::from("/proc/cmdline"),
+        proc_root: PathBuf::from("/proc"),
+        core: None,
+        spool: PathBuf::from(crate::spool::DEFAULT_DIR),
+        max_size: DEFAULT_MAX_SIZE,
+        output: None,
+    };
+    let mut positional = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let flag = arg.as_str();
+        if flag == "--help" || flag == "-h" {
+            return Err(ArgsError::Help);
+        }
+        if !flag.starts_with("--") {
+            positional.push(arg.clone());
+            continue;
+        }
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| ArgsError::MissingValue(flag.to_string()))
+        };
+        match flag {
+            "--host" => config.host = Some(value()?),
+            "--cmdline" => config.cmdline = value()?.into(),
+            "--proc" => config.proc_root = value()?.into(),
+            "--core" => config.core = Some(value()?.into()),
+            "--spool" => config.spool = value()?.into(),
+            "--max-size" => config.max_size = parse_size(&value()?)?,
+            "--output" => config.output = Some(value()?.into()),
+            other => return Err(ArgsError::UnknownOption(other.to_string())),
+        }
+    }
+    if positional.len() < 4 {
+        return Err(ArgsError::Positional(positional.len()));
+    }
+    config.crash = CrashArgs {
+        pid: number("PID", &positional[0])?,
+        signal: number("SIGNAL", &positional[1])?,
+        time: number("TIME", &positional[2])?,
+        // Older kernels split %e at spaces: whatever follows is the rest of the name.
+        exe: positional[3..].join(" "),
+    };
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parse_core_pattern_arguments() {
+        let c = parse(&args(&["123", "11", "1700000000", "my", "app"])).unwrap();
+        assert_eq!(
+            c.crash,
+            CrashArgs {
+                pid: 123,
+                signal: 11,
+                time: 1_700_000_000,
+                exe: "my app".into()
+            }
+        );
+        assert_eq!(c.max_size, DEFAULT_MAX_SIZE);
+        assert_eq!(c.proc_root, PathBuf::from("/proc"));
+        assert!(c.host.is_none() && c.output.is_none());
+    }
+
+    #[test]
+    fn parse_flags_anywhere() {
+        let c = parse(&args(&[
+            "--host",
+            "unix:/tmp/x",
+            "1",
+            "6",
+            "--max-size",
+            "512K",
+            "0",
+            "sh",
+            "--proc",
+            "/snap",
+        ]))
+        .unwrap();
+        assert_eq!(c.host.as_deref(), Some("unix:/tmp/x"));
+        assert_eq!(c.max_size, 512 << 10);
+        assert_eq!(c.proc_root, PathBuf::from("/snap"));
+        assert_eq!(c.crash.exe, "sh");
+    }
+
+    #[test]
+    fn parse_bad_input_is_a_clear_error() {
+        assert_eq!(parse(&args(&["1", "2"])), Err(ArgsError::Positional(2)));
+        assert!(matches!(
+            parse(&args(&["x", "2", "3", "e"])),
+            Err(ArgsError::BadNumber { what: "PID", .. })
+        ));
+        assert_eq!(
+            parse(&args(&["--spool"])),
+            Err(ArgsError::MissingValue("--spool".into()))
+        );
+        assert!(matches!(
+            parse(&args(&["--frob", "1"])),
+            Err(ArgsError::UnknownOption(_))
+        ));
+        assert!(parse_size("8G").is_err());
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse(&args(&["-h"])), Err(ArgsError::Help));
+    }
+}

@@ -1,0 +1,362 @@
+//! Core + /proc snapshot → minidump + metadata. The order matters for a streamed core: the
+//! notes come first and decide which memory to keep (within the size budget), then one pass
+//! over the memory captures it, then the rest of the core is drained. Any problem on the way
+//! makes the report partial, never absent: whatever was readable goes into the minidump.
+
+use std::collections::BTreeMap;
+
+use crate::core_reader::{CoreInput, CoreLayout, CoreReader};
+use crate::memory::MemoryImage;
+use crate::minidump::{self, CpuFacts, DumpInput, Exception, TextStreams};
+use crate::modules::{self, Module, AT_SYSINFO_EHDR};
+use crate::plan;
+use crate::proc_info::ProcSnapshot;
+use crate::report::{keys, CrashReportData};
+
+/// Default cap on the minidump's size.
+pub const DEFAULT_MAX_SIZE: u64 = 8 << 20;
+/// Never plan below this, whatever the cap: a dump needs its contexts and a bit of stack.
+const MIN_MEMORY_BUDGET: u64 = 16 << 10;
+/// `AT_ENTRY`: the executable's entry point.
+const AT_ENTRY: u64 = 9;
+/// The vDSO's size when /proc/PID/maps cannot tell (two pages on x86-64).
+const VDSO_DEFAULT_SIZE: u64 = 0x2000;
+
+/// What core_pattern passes: `%P %s %t %e`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrashArgs {
+    pub pid: u32,
+    pub signal: i32,
+    pub time: i64,
+    pub exe: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub max_size: u64,
+    /// Read mapped files for build ids the core's memory lacks (off for fuzzing).
+    pub read_module_files: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_size: DEFAULT_MAX_SIZE,
+            read_module_files: true,
+        }
+    }
+}
+
+/// Signal names for the metadata.
+pub fn signal_name(signo: i32) -> &'static str {
+    match signo {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "unknown",
+    }
+}
+
+/// /proc/PID/maps rebuilt from the core's segments and NT_FILE, for when /proc is gone.
+fn maps_from_core(layout: &CoreLayout) -> Vec<u8> {
+    let mut text = String::new();
+    for load in &layout.loads {
+        let end = load.p_vaddr.saturating_add(load.p_memsz);
+        let file = layout.notes.files.iter().find(|f| f.start == load.p_vaddr);
+        let (offset, path) = file.map_or((0, ""), |f| (f.offset, f.path.as_str()));
+        text.push_str(&format!(
+            "{:08x}-{:08x} {} {offset:08x} 00:00 0 {path}\n",
+            load.p_vaddr,
+            end,
+            load.perms()
+        ));
+    }
+    text.into_bytes()
+}
+
+/// A minimal /proc/PID/status from NT_PRPSINFO, for when /proc is gone.
+fn status_from_core(layout: &CoreLayout) -> Vec<u8> {
+    layout.notes.process.as_ref().map_or_else(Vec::new, |p| {
+        format!(
+            "Name:\t{}\nPid:\t{}\nPPid:\t{}\nUid:\t{}\nGid:\t{}\n",
+            p.fname, p.pid, p.ppid, p.uid, p.gid
+        )
+        .into_bytes()
+    })
+}
+
+fn text_streams(layout: &CoreLayout, proc: &ProcSnapshot) -> TextStreams {
+    let or = |v: &Option<Vec<u8>>, f: &dyn Fn() -> Vec<u8>| {
+        v.clone().filter(|b| !b.is_empty()).unwrap_or_else(f)
+    };
+    TextStreams {
+        cpuinfo: proc.cpuinfo.clone().unwrap_or_default(),
+        status: or(&proc.status, &|| status_from_core(layout)),
+        lsb_release: proc.os_release.clone().unwrap_or_default(),
+        cmdline: or(&proc.cmdline, &|| {
+            layout
+                .notes
+                .process
+                .as_ref()
+                .map_or_else(Vec::new, |p| p.psargs.replace(' ', "\0").into_bytes())
+        }),
+        environ: proc.environ.clone().unwrap_or_default(),
+        auxv: if layout.notes.auxv_raw.is_empty() {
+            proc.auxv.clone().unwrap_or_default()
+        } else {
+            layout.notes.auxv_raw.clone()
+        },
+        maps: or(&proc.maps, &|| maps_from_core(layout)),
+    }
+}
+
+/// What was read from the core and /proc, ready to be rendered at some size cap.
+pub struct Collected {
+    layout: CoreLayout,
+    image: MemoryImage,
+    modules: Vec<Module>,
+    module_bases: Vec<u64>,
+    text: TextStreams,
+    proc: ProcSnapshot,
+    args: CrashArgs,
+    problems: Vec<String>,
+    core_size: u64,
+}
+
+/// The size everything but memory takes, and which text streams had to go to fit `max_size`.
+fn fixed_size(
+    threads: usize,
+    modules: &[Module],
+    text: &mut TextStreams,
+    max_size: u64,
+) -> (u64, Vec<&'static str>) {
+    let mut fixed = minidump::overhead(threads, modules, threads + 2, text);
+    let mut dropped = Vec::new();
+    for (name, stream) in [
+        ("environ", &mut text.environ),
+        ("maps", &mut text.maps),
+        ("cpuinfo", &mut text.cpuinfo),
+    ] {
+        if fixed + MIN_MEMORY_BUDGET > max_size && !stream.is_empty() {
+            fixed -= stream.len() as u64;
+            stream.clear();
+            dropped.push(name);
+        }
+    }
+    (fixed, dropped)
+}
+
+/// Reads the core (streamed once, then drained) with /proc's help. Never fails: a core that
+/// cannot be read at all still yields a report from /proc, marked partial.
+pub fn capture<R: CoreInput>(
+    core: R,
+    proc: ProcSnapshot,
+    args: &CrashArgs,
+    opts: &Options,
+) -> Collected {
+    let mut reader = CoreReader::new(core);
+    let mut problems = Vec::new();
+    let layout = match reader.read_layout() {
+        Ok(layout) => layout,
+        Err(e) => {
+            problems.push(e.to_string());
+            CoreLayout::default()
+        }
+    };
+    let notes = &layout.notes;
+    if notes.threads.is_empty() {
+        problems.push("the core holds no thread (no NT_PRSTATUS)".into());
+    }
+    let maps = proc.maps_entries();
+    let candidates = modules::candidates(&notes.files, &maps);
+    let vdso_base = notes.auxv_value(AT_SYSINFO_EHDR);
+    let mut module_bases: Vec<u64> = candidates.iter().map(|c| c.base).collect();
+    module_bases.extend(vdso_base);
+
+    let crash_addr = notes.siginfo.and_then(|s| s.fault_addr());
+    let text = text_streams(&layout, &proc);
+    // Module records are estimated from the candidates (an upper bound).
+    let guessed: Vec<Module> = candidates
+        .iter()
+        .map(|c| Module {
+            base: c.base,
+            size: 0,
+            path: c.path.clone(),
+            build_id: None,
+        })
+        .collect();
+    let (fixed, _) = fixed_size(
+        notes.threads.len(),
+        &guessed,
+        &mut text.clone(),
+        opts.max_size,
+    );
+    let budget = opts.max_size.saturating_sub(fixed).max(MIN_MEMORY_BUDGET);
+    let plan = plan::plan(&layout, crash_addr, &module_bases, budget);
+
+    let image = reader.capture(&layout, plan.wanted());
+    let core_size = reader.drain();
+    problems.append(&mut reader.problems);
+    problems.extend(notes.problems.iter().cloned());
+
+    let mut found = modules::identify(
+        &candidates,
+        &image,
+        proc.map_files.as_ref(),
+        opts.read_module_files,
+    );
+    let vdso_size = maps
+        .iter()
+        .find(|m| Some(m.start) == vdso_base)
+        .map_or(VDSO_DEFAULT_SIZE, |m| m.end - m.start);
+    found.extend(modules::vdso(&image, vdso_base, vdso_size));
+    let modules = modules::order(found, notes.auxv_value(AT_ENTRY), proc.exe.as_deref());
+    Collected {
+        layout,
+        image,
+        modules,
+        module_bases,
+        text,
+        proc,
+        args: args.clone(),
+        problems,
+        core_size,
+    }
+}
+
+/// [`capture`] then [`Collected::render`] at `opts.max_size`.
+pub fn convert<R: CoreInput>(
+    core: R,
+    proc: ProcSnapshot,
+    args: &CrashArgs,
+    opts: &Options,
+) -> CrashReportData {
+    capture(core, proc, args, opts).render(opts.max_size)
+}
+
+impl Collected {
+    /// Writes the minidump and its metadata, trimmed to `max_size` bytes.
+    pub fn render(&self, max_size: u64) -> CrashReportData {
+        let notes = &self.layout.notes;
+        let siginfo = notes.siginfo;
+        let crash_addr = siginfo.and_then(|s| s.fault_addr());
+        let mut problems = self.problems.clone();
+        let mut text = self.text.clone();
+        let (fixed, text_dropped) =
+            fixed_size(notes.threads.len(), &self.modules, &mut text, max_size);
+        let budget = max_size.saturating_sub(fixed).max(MIN_MEMORY_BUDGET);
+        let plan = plan::plan(&self.layout, crash_addr, &self.module_bases, budget);
+
+        let crash_thread = notes.crashing_thread();
+        let signal = siginfo
+            .map(|s| s.signo)
+            .or(crash_thread.map(|t| i32::from(t.cursig)))
+            .filter(|&s| s > 0)
+            .unwrap_or(self.args.signal);
+        let exception = crash_thread.map(|t| Exception {
+            tid: t.tid,
+            signo: signal as u32,
+            si_code: siginfo.map_or(0, |s| s.code as u32),
+            address: crash_addr.unwrap_or(0),
+        });
+        let k = &self.proc.kernel;
+        let os_description = [
+            k.ostype.as_str(),
+            k.release.as_str(),
+            k.version.as_str(),
+            "x86_64",
+        ]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+        let memory = plan.output();
+        let input = DumpInput {
+            threads: &notes.threads,
+            stacks: &plan.stacks,
+            memory: &memory,
+            image: &self.image,
+            modules: &self.modules,
+            exception,
+            cpu: CpuFacts::from_cpuinfo(&self.text.cpuinfo),
+            kernel_release: k.release.clone(),
+            os_description,
+            text,
+            time: self.args.time.clamp(0, i64::from(u32::MAX)) as u32,
+        };
+        let minidump = match minidump::write(&input) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                problems.push(e.to_string());
+                Vec::new()
+            }
+        };
+
+        let mut meta = BTreeMap::new();
+        let mut set = |k: &str, v: String| {
+            meta.insert(k.to_string(), v);
+        };
+        let exe = if self.args.exe.is_empty() {
+            notes
+                .process
+                .as_ref()
+                .map(|p| p.fname.clone())
+                .unwrap_or_default()
+        } else {
+            self.args.exe.clone()
+        };
+        set(keys::EXE, exe);
+        set(keys::PID, self.args.pid.to_string());
+        set(keys::SIGNAL, signal.to_string());
+        set(keys::SIGNAL_NAME, signal_name(signal).to_string());
+        set(keys::TIME, self.args.time.to_string());
+        if let Some(t) = crash_thread {
+            set(keys::CRASH_TID, t.tid.to_string());
+        }
+        if let Some(addr) = crash_addr {
+            set(keys::FAULT_ADDR, format!("{addr:#x}"));
+        }
+        set(keys::THREADS, notes.threads.len().to_string());
+        set(keys::MODULES, self.modules.len().to_string());
+        set(keys::MINIDUMP_SIZE, minidump.len().to_string());
+        set(keys::CORE_SIZE, self.core_size.to_string());
+        set(
+            keys::COLLECTOR,
+            concat!("crash_collector ", env!("CARGO_PKG_VERSION")).to_string(),
+        );
+        if plan.trimmed > 0 || !text_dropped.is_empty() {
+            set(keys::SIZE_CAPPED, "yes".into());
+            set(keys::MEMORY_TRIMMED, plan.trimmed.to_string());
+            if !text_dropped.is_empty() {
+                set(keys::SIZE_CAPPED_STREAMS, text_dropped.join(","));
+            }
+        }
+        if !problems.is_empty() {
+            set(keys::PARTIAL, "yes".into());
+            set(keys::PROBLEMS, problems.join("; "));
+        }
+        let mut proc_problems = self.proc.problems.clone();
+        proc_problems.extend(
+            self.proc
+                .truncated
+                .iter()
+                .map(|t| format!("{t} cut at its size cap")),
+        );
+        if !proc_problems.is_empty() {
+            set(keys::PROC_PROBLEMS, proc_problems.join("; "));
+        }
+        CrashReportData {
+            metadata: meta,
+            minidump,
+            process_tree: self.proc.process_tree.clone(),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! crash_collector: the guest's core dump handler. The kernel pipes a crashed process's ELF
+//! core into it (core_pattern `|/sbin/crash_collector %P %s %t %e`); it turns the core and
+//! the process's /proc entries into a minidump and sends that, with metadata and the process
+//! tree, to the host's CrashListener.
+//!
+//! Modules, from the bytes up:
+//! - `elf`: ELF64 header, program header and note parsing.
+//! - `notes`: the core's notes (registers per thread, signal, auxv, mapped files).
+//! - `memory`: address ranges and the sparse image of captured memory.
+//! - `core_reader`: the core as a forward-only stream: headers and notes, then wanted memory.
+//! - `proc_info`: /proc/PID readers (any root directory, for tests) and the process tree.
+//! - `build_id`: NT_GNU_BUILD_ID from captured memory or from the mapped file.
+//! - `modules`: mapped images → the module list.
+//! - `plan`: which memory to keep within the minidump's size cap.
+//! - `minidump`: the minidump writer (container, streams, CPU context).
+//! - `collect`: core + /proc → minidump + metadata.
+//! - `report`, `spool`: the report on disk and the bounded guest spool.
+//! - `args`: the command line; `send` (feature `grpc`): the RPC to the host; `sys`: syscalls.
+//!
+//! Without the `grpc` feature the crate builds without the gRPC C-core (the fuzz target).
+
+pub mod args;
+pub mod build_id;
+pub mod collect;
+pub mod core_reader;
+pub mod elf;
+pub mod memory;
+pub mod minidump;
+pub mod modules;
+pub mod notes;
+pub mod plan;
+pub mod proc_info;
+pub mod report;
+#[cfg(feature = "grpc")]
+pub mod send;
+pub mod spool;
+pub mod sys;
+
+pub use collect::{capture, convert, CrashArgs, Options};
+pub use proc_info::{ProcSnapshot, ProcSource};
+pub use report::CrashReportData;

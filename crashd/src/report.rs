@@ -1,0 +1,239 @@
+//! One crash report as the collector keeps it before it reaches the host: metadata
+//! (`key=value`), the minidump and the process tree. Written to disk (the guest spool,
+//! `--output`) as `<stem>.dmp` plus `<stem>.meta`, whose last line is `done=1`; the `.meta` is
+//! renamed into place last, so a reader that sees it sees a whole report.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Metadata keys the host and tests rely on.
+pub mod keys {
+    pub const EXE: &str = "exe";
+    pub const PID: &str = "pid";
+    pub const SIGNAL: &str = "signal";
+    pub const SIGNAL_NAME: &str = "signal_name";
+    pub const TIME: &str = "time";
+    pub const VM_ID: &str = "vm_id";
+    pub const CRASH_TID: &str = "crash_tid";
+    pub const FAULT_ADDR: &str = "fault_addr";
+    pub const THREADS: &str = "threads";
+    pub const MODULES: &str = "modules";
+    pub const MINIDUMP_SIZE: &str = "minidump_size";
+    pub const CORE_SIZE: &str = "core_size";
+    /// "yes" when the minidump was cut to its size cap; `memory_trimmed_bytes` says how much.
+    pub const SIZE_CAPPED: &str = "size_capped";
+    pub const MEMORY_TRIMMED: &str = "memory_trimmed_bytes";
+    /// Text streams (environ, maps, cpuinfo) left out to fit the size cap.
+    pub const SIZE_CAPPED_STREAMS: &str = "size_capped_streams";
+    /// "yes" when the core was truncated or corrupt; `problems` says what was wrong.
+    pub const PARTIAL: &str = "partial";
+    pub const PROBLEMS: &str = "problems";
+    /// What /proc could not give (the process may have gone).
+    pub const PROC_PROBLEMS: &str = "proc_problems";
+    pub const COLLECTOR: &str = "collector";
+    /// Only on disk: the process tree travels in its own field on the wire.
+    pub const PROCESS_TREE: &str = "process_tree";
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrashReportData {
+    pub metadata: BTreeMap<String, String>,
+    pub minidump: Vec<u8>,
+    pub process_tree: String,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+fn unescape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some(other) => out.push(other),
+                None => {}
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// `YYYYMMDD.HHMMSS` (UTC) of a Unix time, as the host's spool names files.
+pub fn stamp(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}.{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Keeps a guest-chosen name to a safe file-name alphabet.
+pub fn safe_name(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() {
+        "unknown".into()
+    } else {
+        cleaned.to_string()
+    }
+}
+
+impl CrashReportData {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// `<exe>.<YYYYMMDD.HHMMSS>.<pid>`.
+    pub fn file_stem(&self) -> String {
+        let time = self
+            .get(keys::TIME)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        format!(
+            "{}.{}.{}",
+            safe_name(self.get(keys::EXE).unwrap_or("")),
+            stamp(time),
+            self.get(keys::PID).unwrap_or("0")
+        )
+    }
+
+    /// The `.meta` text: sorted `key=value` lines (newlines escaped), `done=1` last.
+    pub fn meta_text(&self) -> String {
+        let mut text = String::new();
+        for (k, v) in &self.metadata {
+            if k != "done" && k != keys::PROCESS_TREE {
+                text.push_str(&format!("{k}={}\n", escape(v)));
+            }
+        }
+        text.push_str(&format!(
+            "{}={}\n",
+            keys::PROCESS_TREE,
+            escape(&self.process_tree)
+        ));
+        text.push_str("done=1\n");
+        text
+    }
+
+    /// Parses a `.meta` text back (without the minidump); `None` unless it ends with done=1.
+    pub fn from_meta_text(text: &str) -> Option<CrashReportData> {
+        if !text.ends_with("done=1\n") {
+            return None;
+        }
+        let mut report = CrashReportData::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k {
+                "done" => {}
+                keys::PROCESS_TREE => report.process_tree = unescape(v),
+                _ => {
+                    report.metadata.insert(k.to_string(), unescape(v));
+                }
+            }
+        }
+        Some(report)
+    }
+
+    /// Writes `<dir>/<stem>.dmp` then `<dir>/<stem>.meta`; returns the `.dmp` path.
+    pub fn write_to(&self, dir: &Path, stem: &str) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let dmp = dir.join(format!("{stem}.dmp"));
+        write_atomic(&dmp, &self.minidump)?;
+        write_atomic(
+            &dir.join(format!("{stem}.meta")),
+            self.meta_text().as_bytes(),
+        )?;
+        Ok(dmp)
+    }
+}
+
+/// Writes a temporary file, syncs it and renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CrashReportData {
+        let mut r = CrashReportData {
+            minidump: b"MDMP".to_vec(),
+            process_tree: "7 sh: sh -c x\n1 init: /init".into(),
+            ..Default::default()
+        };
+        r.metadata.insert(keys::EXE.into(), "../evil app".into());
+        r.metadata.insert(keys::PID.into(), "7".into());
+        r.metadata.insert(keys::TIME.into(), "0".into());
+        r.metadata.insert(keys::PROBLEMS.into(), "a\\b\nc".into());
+        r
+    }
+
+    #[test]
+    fn meta_text_round_trips_and_ends_with_done() {
+        let r = sample();
+        let text = r.meta_text();
+        assert!(text.ends_with("done=1\n"));
+        assert_eq!(text.matches('\n').count(), 6, "{text}");
+        let back = CrashReportData::from_meta_text(&text).unwrap();
+        assert_eq!(back.metadata, r.metadata);
+        assert_eq!(back.process_tree, r.process_tree);
+        assert!(CrashReportData::from_meta_text(&text[..text.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn file_stem_is_safe_and_dated() {
+        assert_eq!(sample().file_stem(), "_evil_app.19700101.000000.7");
+    }
+
+    #[test]
+    fn stamp_formats_utc() {
+        assert_eq!(stamp(1_795_000_000), "20261118.110640");
+        assert_eq!(stamp(951_782_400), "20000229.000000");
+    }
+
+    #[test]
+    fn write_to_puts_dump_and_meta_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let dmp = sample().write_to(dir.path(), "x").unwrap();
+        assert_eq!(std::fs::read(&dmp).unwrap(), b"MDMP");
+        assert!(dir.path().join("x.meta").exists());
+        assert!(!dir.path().join("x.tmp").exists());
+    }
+}
