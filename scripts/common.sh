@@ -56,6 +56,6 @@ build_guest_programs() {
 # What booting a VM needs: QEMU, and vhost-device-vsock for vsock without /dev/vhost-vsock.
 need_vm_deps() {
     need_build_deps
-    apt_need qemu-system-x86 busybox-static
+    apt_need qemu-system-x86 busybox-static rsyslog
     cargo_need vhost-device-vsock vhost-device-vsock
 }
