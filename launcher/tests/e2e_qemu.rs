@@ -243,9 +243,5 @@ fn kill_9_of_the_launcher_takes_the_vm_down_and_frees_the_cid() {
 }
 
 #[test]
-#[ignore = "pending issue 6 (vm_syslog): logger in the guest reaches the host tagged with the VM id"]
-fn guest_logger_reaches_the_host_tagged() {}
-
-#[test]
 #[ignore = "pending issue 7 (crash_collector): a guest segfault becomes a parsed minidump in the host spool"]
 fn guest_segfault_becomes_a_minidump() {}

@@ -80,6 +80,12 @@ mod tests {
     use crate::record::Timestamp;
 
     #[test]
+    fn token_key_matches_the_contract() {
+        let key = format!("{}=", vm_proto::cmdline::KEY_TOKEN);
+        assert_eq!(crate::record::TOKEN_KEY, key.as_bytes());
+    }
+
+    #[test]
     fn severity_maps_every_syslog_level() {
         let all: Vec<LogSeverity> = (0..=7).map(severity).collect();
         assert_eq!(

@@ -12,6 +12,11 @@ pub const DEFAULT_PRI: u8 = 13;
 /// The largest valid PRI: facility 23 (local7), severity 7 (debug).
 pub const MAX_PRI: u8 = 191;
 
+/// The kernel command line key of the VM's access token (`vm_proto::cmdline::KEY_TOKEN`).
+/// The kernel logs its command line at boot; the token must not reach the host's logs.
+pub const TOKEN_KEY: &[u8] = b"maitred.token=";
+const REDACTED: &[u8] = b"<redacted>";
+
 /// Bookkeeping bytes a record costs beyond its text, for the buffer's accounting.
 const RECORD_OVERHEAD: usize = 64;
 
@@ -80,8 +85,11 @@ impl Record {
         }
     }
 
-    /// Sets the content, cutting it at [`MAX_CONTENT`] (and marking the record) if longer.
+    /// Sets the content, with any access token redacted, cutting it at [`MAX_CONTENT`]
+    /// (and marking the record) if longer.
     pub fn set_content(&mut self, content: &[u8]) {
+        let redacted = redact_token(content);
+        let content = redacted.as_deref().unwrap_or(content);
         if content.len() > MAX_CONTENT {
             self.content = content[..MAX_CONTENT].to_vec();
             self.truncated = true;
@@ -90,10 +98,46 @@ impl Record {
         }
     }
 
+    /// Sets the program name (invalid UTF-8 replaced, any access token redacted).
+    pub fn set_app_name(&mut self, name: &[u8]) {
+        let redacted = redact_token(name);
+        self.app_name = String::from_utf8_lossy(redacted.as_deref().unwrap_or(name)).into_owned();
+    }
+
     /// What the record costs the buffer, roughly what it costs on the wire.
     pub fn cost(&self) -> usize {
         self.content.len() + self.app_name.len() + RECORD_OVERHEAD
     }
+}
+
+/// `content` with every `maitred.token=VALUE` turned into `maitred.token=<redacted>`, or
+/// None if there is none.
+pub fn redact_token(content: &[u8]) -> Option<Vec<u8>> {
+    let find = |from: usize| {
+        content[from..]
+            .windows(TOKEN_KEY.len())
+            .position(|w| w == TOKEN_KEY)
+            .map(|at| from + at)
+    };
+    let mut at = find(0)?;
+    let mut out = Vec::with_capacity(content.len());
+    let mut copied = 0;
+    loop {
+        let value = at + TOKEN_KEY.len();
+        let end = content[value..]
+            .iter()
+            .position(|c| c.is_ascii_whitespace() || *c == b'"')
+            .map_or(content.len(), |n| value + n);
+        out.extend_from_slice(&content[copied..value]);
+        out.extend_from_slice(REDACTED);
+        copied = end;
+        match find(end) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out.extend_from_slice(&content[copied..]);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -116,6 +160,32 @@ mod tests {
         r.set_content(&vec![b'y'; MAX_CONTENT + 1]);
         assert!(r.truncated);
         assert_eq!(r.content.len(), MAX_CONTENT);
+    }
+
+    #[test]
+    fn set_content_redacts_the_access_token() {
+        let mut r = Record::new(DEFAULT_PRI, Timestamp::default());
+        r.set_content(
+            b"Command line: console=ttyS0 maitred.token=0123abcd maitred.vm_id=vm1 \
+              \"maitred.token=ffff\" maitred.token=",
+        );
+        assert_eq!(
+            r.content,
+            b"Command line: console=ttyS0 maitred.token=<redacted> maitred.vm_id=vm1 \
+              \"maitred.token=<redacted>\" maitred.token=<redacted>"
+        );
+        assert_eq!(redact_token(b"no secrets here"), None);
+    }
+
+    #[test]
+    fn set_content_redacts_before_cutting() {
+        let mut r = Record::new(DEFAULT_PRI, Timestamp::default());
+        let mut long = vec![b'x'; MAX_CONTENT - 20];
+        long.extend_from_slice(b" maitred.token=");
+        long.extend_from_slice(&[b'a'; 64]);
+        r.set_content(&long);
+        assert!(r.truncated);
+        assert!(!r.content.ends_with(b"aaaa"), "no piece of the token left");
     }
 
     #[test]

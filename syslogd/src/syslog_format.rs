@@ -55,7 +55,7 @@ pub fn parse(datagram: &[u8], now: Timestamp) -> Record {
         if let Some(t) = parsed.timestamp {
             record.timestamp = t;
         }
-        record.app_name = String::from_utf8_lossy(parsed.app_name).into_owned();
+        record.set_app_name(parsed.app_name);
         record.pid = parsed.pid.unwrap_or(0);
         record.set_content(&parsed.content);
         return record;
@@ -79,7 +79,7 @@ pub fn parse(datagram: &[u8], now: Timestamp) -> Record {
     };
     let (tag, msg) = split_tag(rest, hostname_allowed);
     if let Some(tag) = tag {
-        record.app_name = String::from_utf8_lossy(tag.name).into_owned();
+        record.set_app_name(tag.name);
         record.pid = tag.pid.unwrap_or(0);
     }
     record.set_content(msg);
@@ -432,6 +432,13 @@ mod tests {
         let r = parsed(&data);
         assert_eq!(r.content, body);
         assert!(r.truncated);
+    }
+
+    #[test]
+    fn parse_token_never_survives_in_app_or_content() {
+        let r = parsed(b"<13>maitred.token=abc[1]: cmdline maitred.token=0123 quiet");
+        assert_eq!(r.app_name, "maitred.token=<redacted>");
+        assert_eq!(r.content, b"cmdline maitred.token=<redacted> quiet");
     }
 
     #[test]

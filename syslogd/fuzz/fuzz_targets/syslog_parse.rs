@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vm_syslog::record::{Timestamp, MAX_CONTENT};
+use vm_syslog::record::{Timestamp, MAX_CONTENT, TOKEN_KEY};
+
+const REDACTED: &[u8] = b"<redacted>";
 use vm_syslog::syslog_format;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +22,22 @@ fuzz_target!(|data: &[u8]| {
     if data.len() <= MAX_CONTENT {
         assert!(!record.truncated);
     }
-    assert!(record.content.len() <= data.len());
+    // The VM's access token never leaves the guest, whole or cut.
+    for (field, text) in [
+        ("content", &record.content[..]),
+        ("app", record.app_name.as_bytes()),
+    ] {
+        let mut rest = text;
+        while let Some(at) = rest.windows(TOKEN_KEY.len()).position(|w| w == TOKEN_KEY) {
+            let value = &rest[at + TOKEN_KEY.len()..];
+            let shown = &value[..value.len().min(REDACTED.len())];
+            assert!(
+                REDACTED.starts_with(shown),
+                "{field} shows a token: {value:?}"
+            );
+            rest = value;
+        }
+    }
     if let Some((pri, rest)) = syslog_format::parse_pri(data) {
         assert!(pri <= 191);
         assert!(rest.len() < data.len());
