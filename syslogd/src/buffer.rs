@@ -5,14 +5,19 @@
 //! waiting records are dropped and counted; the sender reports the count once the host is
 //! back. The sender [`takes`](Buffer::next_batch) one kind of record at a time (user or
 //! kernel: two host calls), oldest first, once a batch is full or its oldest record has
-//! waited long enough. A batch the sender holds is out of the buffer: it is never dropped,
-//! so memory is bounded by the capacity plus one batch.
+//! waited long enough, or, right after a full batch (a burst), once the readers have been
+//! quiet for [`QUIET`]: the end of a burst is not held back for the whole linger. A batch
+//! the sender holds is out of the buffer: it is never dropped, so memory is bounded by the
+//! capacity plus one batch.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::record::{Kind, Record};
+
+/// After a full batch, a partial one goes once no record has arrived for this long.
+pub const QUIET: Duration = Duration::from_millis(10);
 
 /// One record waiting to be sent.
 #[derive(Debug, Clone)]
@@ -48,6 +53,9 @@ struct State {
     next_order: u64,
     dropped: u64,
     stopping: bool,
+    last_push: Option<Instant>,
+    /// The last batch was full: a burst is on.
+    burst: bool,
 }
 
 impl State {
@@ -100,32 +108,45 @@ impl Buffer {
     /// Adds a record; drops the oldest waiting ones if it does not fit (the newest record is
     /// always kept). Returns how many were dropped.
     pub fn push(&self, kind: Kind, record: Record, kmsg_seq: Option<u64>) -> u64 {
-        let cost = record.cost();
+        self.push_all(kind, std::iter::once((record, kmsg_seq)))
+    }
+
+    /// [`push`](Buffer::push) for several records of one kind, under one lock.
+    pub fn push_all(
+        &self,
+        kind: Kind,
+        records: impl IntoIterator<Item = (Record, Option<u64>)>,
+    ) -> u64 {
         let mut state = self.lock();
         let was_empty = state.len() == 0;
         let before = state.bytes;
-        let order = state.next_order;
-        state.next_order += 1;
-        let entry = Entry {
-            kind,
-            record,
-            kmsg_seq,
-            order,
-            cost,
-            arrived: Instant::now(),
-        };
-        match kind {
-            Kind::User => state.user.push_back(entry),
-            Kind::Kernel => state.kernel.push_back(entry),
-        }
-        state.bytes += cost;
+        let now = Instant::now();
+        state.last_push = Some(now);
         let mut dropped = 0;
-        while state.bytes > self.capacity && state.len() > 1 {
-            let Some(old) = state.oldest().and_then(VecDeque::pop_front) else {
-                break;
+        for (record, kmsg_seq) in records {
+            let cost = record.cost();
+            let order = state.next_order;
+            state.next_order += 1;
+            let entry = Entry {
+                kind,
+                record,
+                kmsg_seq,
+                order,
+                cost,
+                arrived: now,
             };
-            state.bytes -= old.cost;
-            dropped += 1;
+            match kind {
+                Kind::User => state.user.push_back(entry),
+                Kind::Kernel => state.kernel.push_back(entry),
+            }
+            state.bytes += cost;
+            while state.bytes > self.capacity && state.len() > 1 {
+                let Some(old) = state.oldest().and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                state.bytes -= old.cost;
+                dropped += 1;
+            }
         }
         state.dropped += dropped;
         let crossed = before < self.batch_bytes && state.bytes >= self.batch_bytes;
@@ -137,20 +158,26 @@ impl Buffer {
     }
 
     /// Waits for the next batch: at least `batch_bytes` waiting, or the oldest record waited
-    /// `linger`, or stopping (then everything goes at once). `Err` once stopping and empty.
+    /// `linger`, or a burst went [`QUIET`], or stopping (then everything goes at once).
+    /// `Err` once stopping and empty.
     pub fn next_batch(&self, linger: Duration) -> Result<Batch, Stopped> {
         let mut state = self.lock();
         loop {
-            let deadline = state
+            let mut deadline = state
                 .oldest()
                 .and_then(|q| q.front())
                 .map(|e| e.arrived + linger);
+            if let (true, Some(d), Some(last)) = (state.burst, deadline, state.last_push) {
+                deadline = Some(d.min(last + QUIET));
+            }
             match deadline {
                 None if state.stopping => return Err(Stopped::Drained),
                 None => state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
-                    if state.stopping || state.bytes >= self.batch_bytes || now >= deadline {
+                    let full = state.bytes >= self.batch_bytes;
+                    if state.stopping || full || now >= deadline {
+                        state.burst = full;
                         return Ok(self.take(&mut state));
                     }
                     state = self
@@ -251,6 +278,28 @@ mod tests {
     }
 
     #[test]
+    fn next_batch_after_a_full_batch_goes_when_quiet() {
+        let cost = rec("aaaa").cost();
+        let buf = Buffer::new(1 << 20, cost * 2);
+        for t in ["aaaa", "bbbb", "cccc"] {
+            buf.push(Kind::User, rec(t), None);
+        }
+        assert_eq!(
+            texts(&buf.next_batch(Duration::from_secs(60)).unwrap()).len(),
+            2
+        );
+        let started = Instant::now();
+        let rest = buf.next_batch(Duration::from_secs(60)).unwrap();
+        assert_eq!(texts(&rest), ["cccc"]);
+        assert!(started.elapsed() < Duration::from_secs(1), "not the linger");
+        // The burst is over: a lone record waits for the linger again.
+        buf.push(Kind::User, rec("dddd"), None);
+        let started = Instant::now();
+        buf.next_batch(Duration::from_millis(100)).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(90));
+    }
+
+    #[test]
     fn next_batch_one_kind_per_batch_oldest_first() {
         let buf = Buffer::new(1 << 20, 1 << 16);
         buf.push(Kind::Kernel, rec("k1"), Some(7));
@@ -303,6 +352,19 @@ mod tests {
         assert_eq!(
             (batch.kind, texts(&batch)),
             (Kind::User, vec!["u".into(), "v".into()])
+        );
+    }
+
+    #[test]
+    fn push_all_keeps_order_and_drops_oldest_like_push() {
+        let cost = rec("0").cost();
+        let buf = Buffer::new(cost * 3, 1 << 20);
+        let records = (0..5).map(|i| (rec(&i.to_string()), None));
+        assert_eq!(buf.push_all(Kind::User, records), 2);
+        buf.stop();
+        assert_eq!(
+            texts(&buf.next_batch(Duration::ZERO).unwrap()),
+            ["2", "3", "4"]
         );
     }
 

@@ -22,13 +22,15 @@ use nix::sys::socket::{
 };
 
 use crate::buffer::Buffer;
-use crate::record::{Kind, Timestamp, MAX_CONTENT};
+use crate::record::{Kind, Record, Timestamp, MAX_CONTENT};
 use crate::syslog_format;
 
 /// Room for the largest record plus any header; longer datagrams are cut.
 const RECV_BYTES: usize = MAX_CONTENT + 4096;
 /// Asked for, so bursts wait in the kernel rather than in the senders.
 const RCVBUF_BYTES: usize = 4 << 20;
+/// At most this many datagrams are taken from the socket before they go to the buffer.
+const DRAIN_MAX: usize = 64;
 
 #[derive(Debug)]
 pub enum DevLogError {
@@ -120,14 +122,19 @@ impl DevLog {
     }
 
     /// Receives one datagram into `buf`: (length, cut by the kernel, sender pid or 0).
-    fn receive(&self, buf: &mut [u8], cmsg: &mut [u8]) -> nix::Result<(usize, bool, u32)> {
+    /// `wait`: block until one comes; otherwise EAGAIN when none is queued.
+    fn receive(
+        &self,
+        buf: &mut [u8],
+        cmsg: &mut [u8],
+        wait: bool,
+    ) -> nix::Result<(usize, bool, u32)> {
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<()>(
-            self.socket.as_raw_fd(),
-            &mut iov,
-            Some(cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
+        let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+        if !wait {
+            flags |= MsgFlags::MSG_DONTWAIT;
+        }
+        let msg = recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(cmsg), flags)?;
         let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
         let mut pid = 0;
         if let Ok(cmsgs) = msg.cmsgs() {
@@ -140,22 +147,17 @@ impl DevLog {
         Ok((msg.bytes, truncated, pid))
     }
 
-    /// Receives forever, pushing one record per datagram into `buffer`.
+    /// Receives forever, pushing one record per datagram into `buffer`: it waits for one,
+    /// then takes whatever else is queued (up to [`DRAIN_MAX`]) and pushes them together.
     pub fn run(self, buffer: Arc<Buffer>) {
         let mut buf = vec![0u8; RECV_BYTES];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut records = Vec::with_capacity(DRAIN_MAX);
         let mut errors = 0u64;
         loop {
-            match self.receive(&mut buf, &mut cmsg) {
-                Ok((len, cut, pid)) => {
-                    let mut record = syslog_format::parse(&buf[..len], Timestamp::now());
-                    record.truncated |= cut;
-                    if pid != 0 {
-                        record.pid = pid;
-                    }
-                    buffer.push(Kind::User, record, None);
-                }
-                Err(Errno::EINTR) => {}
+            let first = match self.receive(&mut buf, &mut cmsg, true) {
+                Ok(datagram) => datagram,
+                Err(Errno::EINTR) => continue,
                 Err(e) => {
                     // ENOMEM and friends: say so (rarely) and keep serving.
                     errors += 1;
@@ -166,10 +168,31 @@ impl DevLog {
                         );
                     }
                     std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
+            };
+            let now = Timestamp::now();
+            records.push((to_record(&buf, first, now), None));
+            while records.len() < DRAIN_MAX {
+                // EAGAIN: nothing else queued. Other errors show on the blocking receive.
+                let Ok(next) = self.receive(&mut buf, &mut cmsg, false) else {
+                    break;
+                };
+                records.push((to_record(&buf, next, now), None));
             }
+            buffer.push_all(Kind::User, records.drain(..));
         }
     }
+}
+
+/// The record of a datagram received into `buf`: (length, cut by the kernel, sender pid).
+fn to_record(buf: &[u8], (len, cut, pid): (usize, bool, u32), now: Timestamp) -> Record {
+    let mut record = syslog_format::parse(&buf[..len], now);
+    record.truncated |= cut;
+    if pid != 0 {
+        record.pid = pid;
+    }
+    record
 }
 
 #[cfg(test)]
@@ -188,7 +211,7 @@ mod tests {
         client.send_to(b"<11>Nov 27 01:30:40 t: x", &path).unwrap();
         let mut buf = vec![0u8; 64];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);
-        let (len, cut, pid) = devlog.receive(&mut buf, &mut cmsg).unwrap();
+        let (len, cut, pid) = devlog.receive(&mut buf, &mut cmsg, true).unwrap();
         assert_eq!(&buf[..len], b"<11>Nov 27 01:30:40 t: x");
         assert!(!cut);
         assert_eq!(pid, std::process::id());
@@ -213,7 +236,7 @@ mod tests {
         client.send_to(&[b'x'; 100], &path).unwrap();
         let mut buf = vec![0u8; 40];
         let mut cmsg = nix::cmsg_space!(UnixCredentials);
-        let (len, cut, _) = devlog.receive(&mut buf, &mut cmsg).unwrap();
+        let (len, cut, _) = devlog.receive(&mut buf, &mut cmsg, true).unwrap();
         assert_eq!((len, cut), (40, true));
     }
 }

@@ -161,9 +161,18 @@ pub fn rsyslogd() -> PathBuf {
     panic!("rsyslogd is missing: run scripts/test, which installs the Debian package rsyslog");
 }
 
+/// imuxsock input options that parse RFC 5424 lines from the launcher whole.
+pub const PARSE_RFC5424: &str = r#"UseSpecialParser="off" ParseHostname="on"
+      UseSysTimeStamp="off" IgnoreTimestamp="off""#;
+
 impl Rsyslog {
     /// `template`: the omfile line format (rsyslog template string).
     pub fn start(dir: &Path, template: &str) -> Rsyslog {
+        Rsyslog::start_with(dir, template, PARSE_RFC5424)
+    }
+
+    /// `input`: more imuxsock input options ("" for rsyslog's defaults).
+    pub fn start_with(dir: &Path, template: &str, input: &str) -> Rsyslog {
         let socket = dir.join("rsyslog.sock");
         let output = dir.join("rsyslog.out");
         let work = dir.join("rsyslog.work");
@@ -175,8 +184,7 @@ impl Rsyslog {
             r#"global(workDirectory="{work}" maxMessageSize="64k")
 main_queue(queue.workerThreads="1")
 module(load="imuxsock" SysSock.Use="off")
-input(type="imuxsock" Socket="{socket}" UseSpecialParser="off" ParseHostname="on"
-      UseSysTimeStamp="off" IgnoreTimestamp="off" RateLimit.Interval="0")
+input(type="imuxsock" Socket="{socket}" RateLimit.Interval="0" {input})
 template(name="t" type="string" string="{template}")
 *.* action(type="omfile" file="{output}" template="t")"#,
             work = work.display(),
