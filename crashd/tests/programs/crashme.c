@@ -1,0 +1,75 @@
+/* The crashing test program: `crashme HOW THREADS [HOG_MIB]`.
+ * HOW: segv (write to 0x10), abort, fpe (integer division by zero), or idle (no crash: the
+ * benchmark's live process). THREADS-1 extra threads start; with THREADS > 1 the last one
+ * crashes, the others wait in pause(). HOG_MIB MiB are allocated and touched first.
+ * $CRASHME_TID_FILE, if set, receives the crashing thread's id; the program prints "ready"
+ * once every thread is up. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static pthread_barrier_t ready;
+static volatile int zero = 0, numerator = 7;
+static const char *how = "segv";
+
+static void write_tid(void) {
+    const char *path = getenv("CRASHME_TID_FILE");
+    if (path == NULL) return;
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return;
+    fprintf(f, "%ld\n", (long)syscall(SYS_gettid));
+    fclose(f);
+}
+
+__attribute__((noinline)) void crash_here(void) {
+    write_tid();
+    if (strcmp(how, "segv") == 0) {
+        *(volatile int *)0x10 = 1;
+    } else if (strcmp(how, "abort") == 0) {
+        abort();
+    } else if (strcmp(how, "fpe") == 0) {
+        printf("%d\n", numerator / zero);
+    }
+    for (;;) pause();
+}
+
+static void *idle_thread(void *arg) {
+    (void)arg;
+    pthread_barrier_wait(&ready);
+    for (;;) pause();
+    return NULL;
+}
+
+static void *crash_thread(void *arg) {
+    (void)arg;
+    pthread_barrier_wait(&ready);
+    crash_here();
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    how = argc > 1 ? argv[1] : "segv";
+    int threads = argc > 2 ? atoi(argv[2]) : 1;
+    long hog = argc > 3 ? atol(argv[3]) : 0;
+    if (hog > 0) {
+        char *mem = malloc((size_t)hog << 20);
+        if (mem == NULL) return 2;
+        for (long i = 0; i < (hog << 20); i += 4096) mem[i] = (char)i;
+    }
+    if (threads < 1) threads = 1;
+    pthread_barrier_init(&ready, NULL, (unsigned)threads);
+    for (int i = 1; i < threads; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, i == threads - 1 ? crash_thread : idle_thread, NULL);
+    }
+    if (threads > 1) pthread_barrier_wait(&ready);
+    printf("ready\n");
+    fflush(stdout);
+    if (threads == 1) crash_here();
+    for (;;) pause();
+}
