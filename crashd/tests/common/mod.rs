@@ -189,7 +189,7 @@ pub fn kernel_layout(core: &[u8]) -> Vec<u8> {
             u64_at(ph + 8) as usize,
             u64_at(ph + 32) as usize,
         );
-        if p_type == 1 && offset % 4096 != 0 {
+        if p_type == 1 && !offset.is_multiple_of(4096) {
             let pad = 4096 - offset % 4096;
             body.resize(body.len() + pad as usize, 0);
             offset += pad;
