@@ -42,8 +42,9 @@ usage: vm_launcher run [options] -- APP [ARGS...]
   --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
-  --log-dest DEST        guest logs: terminal (run's default), syslog (the host's /dev/log,
-                         start's default), unix:PATH (a syslog socket), file:PATH or none
+  --log-dest DEST        guest logs: terminal (run's default; kernel records only from
+                         warning up), syslog (the host's /dev/log, start's default),
+                         unix:PATH (a syslog socket), file:PATH (RFC 5424 lines) or none
   --maitred PATH         host-mode maitred for --hypervisor process (default: beside vm_launcher)
   --vhost-device-vsock PATH  the vhost-user vsock back-end (default: from PATH)
 

@@ -4,10 +4,11 @@
 //! inject a line break or a terminal escape into the host's log.
 //!
 //! Destinations (`--log-dest`): `terminal` (stderr, one readable line a record; the default
-//! of `run`), `syslog` (the host's /dev/log; the default of `start`), `unix:PATH` (any
-//! syslog datagram socket) and `file:PATH` (appended), the last three as RFC 5424 lines
-//! (see [`rfc5424`] for the tag convention), and `none`. Delivery problems are reported on
-//! stderr at most every [`REPORT_EVERY`], with the count of records lost.
+//! of `run`; kernel records only at warning or worse, as the boot log would drown the
+//! application's output), `syslog` (the host's /dev/log; the default of `start`),
+//! `unix:PATH` (any syslog datagram socket) and `file:PATH` (appended), the last three as
+//! RFC 5424 lines (see [`rfc5424`] for the tag convention), and `none`. Delivery problems
+//! are reported on stderr at most every [`REPORT_EVERY`], with the count of records lost.
 
 mod datagram;
 pub mod rfc5424;
@@ -60,10 +61,19 @@ pub fn severity_name(severity: LogSeverity) -> &'static str {
     }
 }
 
+/// Kernel records at this syslog severity or worse reach the terminal (warning).
+pub const TERMINAL_KERNEL_MAX_SEVERITY: u8 = 4;
+
+/// Whether `record` is shown by the terminal destination: every user record, kernel records
+/// of warning or worse.
+pub fn shows_on_terminal(kernel: bool, record: &LogRecord) -> bool {
+    !kernel || rfc5424::severity_number(record.get_severity()) <= TERMINAL_KERNEL_MAX_SEVERITY
+}
+
 /// The host side of one VM's logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogSink {
-    /// `run` mode: one line a record on the launcher's stderr.
+    /// `run` mode: one line a record on the launcher's stderr ([`shows_on_terminal`]).
     Terminal,
     /// Thrown away.
     Discard,
@@ -197,7 +207,7 @@ impl LogForwarder {
             Output::Discard => None,
             Output::Terminal => {
                 let mut err = std::io::stderr().lock();
-                for record in records {
+                for record in records.iter().filter(|r| shows_on_terminal(kernel, r)) {
                     let _ = writeln!(err, "{}", self.format(kernel, record));
                 }
                 None
@@ -297,6 +307,22 @@ mod tests {
         );
         r.set_truncated(true);
         assert!(fwd.format(false, &r).ends_with("next [truncated]"));
+    }
+
+    #[test]
+    fn shows_on_terminal_user_always_kernel_from_warning() {
+        let mut r = record(b"x");
+        for (severity, kernel_shown) in [
+            (LogSeverity::ERROR, true),
+            (LogSeverity::WARNING, true),
+            (LogSeverity::NOTICE, false),
+            (LogSeverity::INFO, false),
+            (LogSeverity::DEBUG, false),
+        ] {
+            r.set_severity(severity);
+            assert!(shows_on_terminal(false, &r));
+            assert_eq!(shows_on_terminal(true, &r), kernel_shown, "{severity:?}");
+        }
     }
 
     #[test]
