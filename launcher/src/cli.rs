@@ -42,6 +42,7 @@ usage: vm_launcher run [options] -- APP [ARGS...]
   --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
+  --crash-keep N         crash reports kept per VM in the spool, newest first (default 10)
   --log-dest DEST        guest logs: terminal (run's default; kernel records only from
                          warning up), syslog (the host's /dev/log, start's default),
                          unix:PATH (a syslog socket), file:PATH (RFC 5424 lines) or none
@@ -77,6 +78,7 @@ pub struct RunArgs {
     pub runtime_dir: Option<PathBuf>,
     pub crash_spool: Option<PathBuf>,
     pub crash_reporter: Option<Vec<String>>,
+    pub crash_keep: usize,
     /// None: the command's default (terminal for run, the host's syslog for start).
     pub log_dest: Option<LogSink>,
     pub maitred: Option<PathBuf>,
@@ -132,6 +134,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         runtime_dir: None,
         crash_spool: None,
         crash_reporter: None,
+        crash_keep: crate::crash_spool::DEFAULT_KEEP,
         log_dest: None,
         maitred: None,
         vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
@@ -208,6 +211,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--boot-timeout" => run.boot_timeout = Duration::from_secs(number(flag, &value()?)?),
             "--runtime-dir" => run.runtime_dir = Some(value()?.into()),
             "--crash-spool" => run.crash_spool = Some(value()?.into()),
+            "--crash-keep" => run.crash_keep = number(flag, &value()?)?,
             "--crash-reporter" => {
                 run.crash_reporter = Some(value()?.split_whitespace().map(String::from).collect())
             }

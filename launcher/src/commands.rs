@@ -82,6 +82,7 @@ fn options(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<VmOp
         crash: CrashConfig {
             spool: args.crash_spool.unwrap_or_else(|| runtime.join("crash")),
             reporter: args.crash_reporter,
+            keep: args.crash_keep,
         },
         logs,
         console_to_stdout,

@@ -1,11 +1,13 @@
 //! The host's crash spool: each report becomes `<spool>/<vm>/<exe>.<YYYYMMDD.HHMMSS>.<pid>.dmp`
 //! plus a `.meta` of `key=value` lines that ends with `done=1`, written last (and the file
 //! renamed into place) so a reader never sees half a report. Then the configured
-//! crash-reporter command is run with the two paths.
+//! crash-reporter command is run with the two paths. Each VM's directory keeps only the
+//! newest N reports (`--crash-keep`, default 10): older pairs are removed after each store.
 
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use vm_proto::protos::host::CrashReport;
 
@@ -76,6 +78,53 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Keys of the `.meta` only the host writes.
+const HOST_KEYS: [&str; 4] = ["done", "vm_id", "payload", "payload_size"];
+
+/// Default number of reports kept per VM.
+pub const DEFAULT_KEEP: usize = 10;
+
+/// Removes all but the `keep` newest reports in `<spool>/<vm>` (by the `.meta`'s write time,
+/// then name); a `.dmp` without its `.meta` (one being written) is left alone. Returns the
+/// removed `.dmp` paths.
+pub fn prune(spool: &Path, vm_id: &str, keep: usize) -> Result<Vec<PathBuf>, SpoolError> {
+    let dir = spool.join(safe_name(vm_id, "vm"));
+    let entries = std::fs::read_dir(&dir).map_err(|source| SpoolError {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut reports: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            if path.extension()? != "meta" {
+                return None;
+            }
+            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+            Some((modified, path))
+        })
+        .collect();
+    reports.sort();
+    let excess = reports.len().saturating_sub(keep);
+    let mut removed = Vec::with_capacity(excess);
+    for (_, meta) in reports.into_iter().take(excess) {
+        let dmp = meta.with_extension("dmp");
+        for path in [&meta, &dmp] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SpoolError {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        removed.push(dmp);
+    }
+    Ok(removed)
+}
+
 /// Writes one report; returns the `.dmp` and `.meta` paths.
 pub fn store(
     spool: &Path,
@@ -104,7 +153,8 @@ pub fn store(
     let mut text = String::new();
     for (k, v) in keys {
         let k = safe_name(k, "key");
-        if k != "done" {
+        // The host writes these itself; a guest may not forge them.
+        if !HOST_KEYS.contains(&k.as_str()) {
             text.push_str(&format!(
                 "{k}={}\n",
                 crate::log_forward::scrub(v.as_bytes())
@@ -148,5 +198,64 @@ mod tests {
         let text = std::fs::read_to_string(meta).unwrap();
         assert!(text.ends_with("payload_size=8\ndone=1\n"), "{text}");
         assert_eq!(text.matches("done=").count(), 1);
+    }
+
+    #[test]
+    fn store_guest_cannot_forge_host_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CrashReport::new();
+        r.set_minidump(b"MDMP".to_vec());
+        for (k, v) in [
+            ("vm_id", "other-vm"),
+            ("payload", "/etc/passwd"),
+            ("payload_size", "1"),
+        ] {
+            r.mut_metadata().insert(k.into(), v.into());
+        }
+        let (_, meta) = store(dir.path(), "vm1", &r, 0).unwrap();
+        let text = std::fs::read_to_string(meta).unwrap();
+        assert_eq!(text.matches("vm_id=").count(), 1, "{text}");
+        assert!(text.contains("vm_id=vm1\n"), "{text}");
+        assert!(!text.contains("/etc/passwd"), "{text}");
+        assert!(text.contains("payload_size=4\n"), "{text}");
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_per_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CrashReport::new();
+        r.set_minidump(b"MDMP".to_vec());
+        for pid in 1..=5 {
+            r.mut_metadata().insert("pid".into(), pid.to_string());
+            store(dir.path(), "vm1", &r, 1_700_000_000 + pid).unwrap();
+            // Distinct write times even on coarse-timestamp file systems.
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        store(dir.path(), "vm2", &r, 0).unwrap();
+        std::fs::write(dir.path().join("vm1/half.dmp"), b"being written").unwrap();
+
+        let removed = prune(dir.path(), "vm1", 2).unwrap();
+
+        assert_eq!(removed.len(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("vm1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "half.dmp",
+                "unknown.20231114.221324.4.dmp",
+                "unknown.20231114.221324.4.meta",
+                "unknown.20231114.221325.5.dmp",
+                "unknown.20231114.221325.5.meta"
+            ]
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("vm2")).unwrap().count(),
+            2
+        );
+        assert!(prune(dir.path(), "vm1", 0).unwrap().len() == 2);
     }
 }

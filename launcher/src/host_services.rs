@@ -34,6 +34,8 @@ pub struct CrashConfig {
     pub spool: PathBuf,
     /// Run with the `.dmp` and `.meta` paths appended, after each report is stored.
     pub reporter: Option<Vec<String>>,
+    /// Reports kept per VM in the spool; older ones are removed after each store.
+    pub keep: usize,
 }
 
 #[derive(Clone)]
@@ -106,6 +108,10 @@ impl CrashListener for Services {
         let result = match stored {
             Ok((dump, meta)) => {
                 eprintln!("VM({}) crash report stored: {}", self.vm_id, dump.display());
+                if let Err(e) = crash_spool::prune(&self.crash.spool, &self.vm_id, self.crash.keep)
+                {
+                    eprintln!("VM({}) {e}", self.vm_id);
+                }
                 if let Some(reporter) = &self.crash.reporter {
                     run_reporter(reporter, &dump, &meta);
                 }

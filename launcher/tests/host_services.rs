@@ -27,6 +27,7 @@ fn start(dir: &std::path::Path, token: &Token, trusted_pid: i32) -> (HostService
         CrashConfig {
             spool: dir.join("spool"),
             reporter: Some(vec!["touch".into()]),
+            keep: 10,
         },
     )
     .unwrap();
