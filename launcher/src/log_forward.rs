@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use vm_proto::protos::host::{LogRecord, LogSeverity};
 
-pub use datagram::send_lines;
 use datagram::DatagramOut;
 
 /// The host's syslog socket.

@@ -3,7 +3,7 @@
 //! SIGTERM, when everything waiting is flushed.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -52,14 +52,14 @@ impl fmt::Display for DaemonError {
 
 impl std::error::Error for DaemonError {}
 
-fn guest_params(path: &PathBuf) -> Result<GuestParams, DaemonError> {
+fn guest_params(path: &Path) -> Result<GuestParams, DaemonError> {
     let bytes = std::fs::read(path).map_err(|source| DaemonError::ReadCmdline {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })?;
     GuestParams::from_cmdline(&String::from_utf8_lossy(&bytes)).map_err(|source| {
         DaemonError::Cmdline {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         }
     })

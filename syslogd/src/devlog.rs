@@ -27,8 +27,6 @@ use crate::syslog_format;
 
 /// Room for the largest record plus any header; longer datagrams are cut.
 const RECV_BYTES: usize = MAX_CONTENT + 4096;
-/// Asked for, so bursts wait in the kernel rather than in the senders.
-const RCVBUF_BYTES: usize = 4 << 20;
 /// At most this many datagrams are taken from the socket before they go to the buffer.
 const DRAIN_MAX: usize = 64;
 
@@ -107,10 +105,6 @@ impl DevLog {
         })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(setup)?;
         setsockopt(&socket, sockopt::PassCred, &true).map_err(|e| setup(e.into()))?;
-        // Best effort: without CAP_NET_ADMIN the kernel caps it at rmem_max.
-        if setsockopt(&socket, sockopt::RcvBufForce, &RCVBUF_BYTES).is_err() {
-            let _ = setsockopt(&socket, sockopt::RcvBuf, &RCVBUF_BYTES);
-        }
         Ok(DevLog {
             socket,
             path: path.to_path_buf(),

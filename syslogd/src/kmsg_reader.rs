@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::time::{clock_gettime, ClockId};
 
 use crate::buffer::Buffer;
@@ -145,7 +146,7 @@ impl KmsgReader {
                 }
                 Ok(n) => n,
                 // Overwritten before we read them: the sequence gap counts them.
-                Err(e) if e.raw_os_error() == Some(libc_epipe()) => continue,
+                Err(e) if e.raw_os_error() == Some(Errno::EPIPE as i32) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     eprintln!("vm_syslog: reading {} failed: {e}", self.path.display());
@@ -177,10 +178,6 @@ impl KmsgReader {
             filled -= used;
         }
     }
-}
-
-fn libc_epipe() -> i32 {
-    nix::errno::Errno::EPIPE as i32
 }
 
 #[cfg(test)]

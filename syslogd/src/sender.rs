@@ -81,6 +81,8 @@ pub struct Sender<'a, C: Collector> {
     kmsg_state: Option<KmsgState>,
     stats: SenderStats,
     stop_seen: Option<Instant>,
+    /// Saving the kmsg position failed this often (reported the first time only).
+    state_errors: u64,
     /// Failing since, with the last time that was reported.
     failing: Option<(Instant, Instant)>,
     err: Box<dyn Write + Send + 'a>,
@@ -95,6 +97,7 @@ impl<'a, C: Collector> Sender<'a, C> {
             kmsg_state: None,
             stats: SenderStats::default(),
             stop_seen: None,
+            state_errors: 0,
             failing: None,
             err: Box::new(std::io::stderr()),
         }
@@ -157,7 +160,13 @@ impl<'a, C: Collector> Sender<'a, C> {
                     self.succeeded(records.len());
                     if let (Some(state), Some(seq)) = (&self.kmsg_state, kmsg_seq) {
                         if let Err(e) = state.save(seq) {
-                            let _ = writeln!(self.err, "vm_syslog: {e}");
+                            self.state_errors += 1;
+                            if self.state_errors == 1 {
+                                let _ = writeln!(
+                                    self.err,
+                                    "vm_syslog: {e}; a restart may send kernel records twice"
+                                );
+                            }
                         }
                     }
                     return true;

@@ -64,6 +64,7 @@ impl Host {
             CrashConfig {
                 spool: self.dir.join("spool"),
                 reporter: None,
+                keep: 1,
             },
         )
         .expect("start the host services");
