@@ -243,9 +243,14 @@ impl LogForwarder {
             .is_none_or(|at| at.elapsed() >= REPORT_EVERY);
         if due {
             losses.reported_at = Some(Instant::now());
-            eprintln!(
+            // Not eprintln!: it panics when stderr is gone (a detached `start`), and this
+            // runs on a gRPC thread.
+            let _ = writeln!(
+                std::io::stderr(),
                 "vm_launcher: VM {}: guest log records to {} lost ({} so far): {error}",
-                self.vm_id, self.destination, losses.total
+                self.vm_id,
+                self.destination,
+                losses.total
             );
         }
     }

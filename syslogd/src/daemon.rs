@@ -99,7 +99,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 Some(state)
             }
             Err(e) => {
-                eprintln!("vm_syslog: {e}; serving {} only", config.socket.display());
+                crate::warn!("vm_syslog: {e}; serving {} only", config.socket.display());
                 None
             }
         },
@@ -123,7 +123,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Senders now fail fast instead of filling a queue nobody reads.
     let _ = std::fs::remove_file(&config.socket);
     if stats.abandoned > 0 {
-        eprintln!(
+        crate::warn!(
             "vm_syslog: stopped with {} records undelivered",
             stats.abandoned
         );

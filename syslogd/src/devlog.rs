@@ -156,7 +156,7 @@ impl DevLog {
                     // ENOMEM and friends: say so (rarely) and keep serving.
                     errors += 1;
                     if errors.is_power_of_two() {
-                        eprintln!(
+                        crate::warn!(
                             "vm_syslog: receiving on {} failed ({errors} times): {e}",
                             self.path.display()
                         );

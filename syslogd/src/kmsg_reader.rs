@@ -149,7 +149,7 @@ impl KmsgReader {
                 Err(e) if e.raw_os_error() == Some(Errno::EPIPE as i32) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    eprintln!("vm_syslog: reading {} failed: {e}", self.path.display());
+                    crate::warn!("vm_syslog: reading {} failed: {e}", self.path.display());
                     return Err(e);
                 }
             };
@@ -161,7 +161,7 @@ impl KmsgReader {
                     Err(e) => {
                         malformed += 1;
                         if malformed.is_power_of_two() {
-                            eprintln!(
+                            crate::warn!(
                                 "vm_syslog: {}: skipped {malformed} malformed records: {e}",
                                 self.path.display()
                             );

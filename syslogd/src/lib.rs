@@ -10,6 +10,16 @@
 //!
 //! Without the `daemon` feature only the pure parts build (no gRPC): the fuzz targets.
 
+/// One line on stderr, never a panic: `eprintln!` panics when stderr is closed, and a
+/// reader thread that panicked would leave /dev/log undrained.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod buffer;
 pub mod kmsg_format;
 pub mod kmsg_state;

@@ -19,14 +19,14 @@ fn main() -> ExitCode {
         }
         Ok(Command::Run(config)) => config,
         Err(e) => {
-            eprintln!("vm_syslog: {e}");
+            vm_syslog::warn!("vm_syslog: {e}");
             return ExitCode::from(2);
         }
     };
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vm_syslog: {e}");
+            vm_syslog::warn!("vm_syslog: {e}");
             ExitCode::from(1)
         }
     }
