@@ -79,7 +79,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
 }
 
 /// Keys of the `.meta` only the host writes.
-const HOST_KEYS: [&str; 4] = ["done", "vm_id", "payload", "payload_size"];
+const HOST_KEYS: [&str; 5] = ["done", "vm_id", "payload", "payload_size", "process_tree"];
 
 /// Default number of reports kept per VM.
 pub const DEFAULT_KEEP: usize = 10;
@@ -161,6 +161,15 @@ pub fn store(
             ));
         }
     }
+    // The ancestors, one per line in the report: newlines become `\n` (backslashes `\\`).
+    let tree = report
+        .get_process_tree()
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n");
+    text.push_str(&format!(
+        "process_tree={}\n",
+        crate::log_forward::scrub(tree.as_bytes())
+    ));
     text.push_str(&format!("vm_id={vm_id}\n"));
     text.push_str(&format!("payload={}\n", dmp.display()));
     text.push_str(&format!("payload_size={}\n", report.get_minidump().len()));
@@ -189,6 +198,7 @@ mod tests {
             .insert("exe".into(), "../../evil/app".into());
         r.mut_metadata().insert("pid".into(), "42".into());
         r.mut_metadata().insert("done".into(), "1".into());
+        r.set_process_tree("42 app: app a\\b\n1 init: /init\x07".into());
         let (dmp, meta) = store(dir.path(), "vm1", &r, 0).unwrap();
         assert_eq!(
             dmp,
@@ -198,6 +208,10 @@ mod tests {
         let text = std::fs::read_to_string(meta).unwrap();
         assert!(text.ends_with("payload_size=8\ndone=1\n"), "{text}");
         assert_eq!(text.matches("done=").count(), 1);
+        assert!(
+            text.contains("process_tree=42 app: app a\\\\b\\n1 init: /init#007\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -107,10 +107,14 @@ impl CrashListener for Services {
         let stored = crash_spool::store(&self.crash.spool, &self.vm_id, &report, now);
         let result = match stored {
             Ok((dump, meta)) => {
-                eprintln!("VM({}) crash report stored: {}", self.vm_id, dump.display());
+                note(format_args!(
+                    "VM({}) crash report stored: {}",
+                    self.vm_id,
+                    dump.display()
+                ));
                 if let Err(e) = crash_spool::prune(&self.crash.spool, &self.vm_id, self.crash.keep)
                 {
-                    eprintln!("VM({}) {e}", self.vm_id);
+                    note(format_args!("VM({}) {e}", self.vm_id));
                 }
                 if let Some(reporter) = &self.crash.reporter {
                     run_reporter(reporter, &dump, &meta);
@@ -132,6 +136,13 @@ impl CrashListener for Services {
     }
 }
 
+/// One line on stderr. Never `eprintln!` here: a detached launcher's stderr is a closed pipe,
+/// and a panic in a handler would leave the guest's call unanswered.
+fn note(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Starts the crash reporter without waiting for it (it may be slow); a thread reaps it.
 fn run_reporter(argv: &[String], dump: &std::path::Path, meta: &std::path::Path) {
     let Some((program, args)) = argv.split_first() else {
@@ -141,7 +152,7 @@ fn run_reporter(argv: &[String], dump: &std::path::Path, meta: &std::path::Path)
         Ok(mut child) => {
             std::thread::spawn(move || child.wait());
         }
-        Err(e) => eprintln!("crash reporter {program}: {e}"),
+        Err(e) => note(format_args!("crash reporter {program}: {e}")),
     }
 }
 

@@ -241,7 +241,3 @@ fn kill_9_of_the_launcher_takes_the_vm_down_and_frees_the_cid() {
         .status
         .success());
 }
-
-#[test]
-#[ignore = "pending issue 7 (crash_collector): a guest segfault becomes a parsed minidump in the host spool"]
-fn guest_segfault_becomes_a_minidump() {}
