@@ -75,6 +75,11 @@ pub fn early_setup() -> Result<(), String> {
         warn!("{e}");
     }
     setup_core_pattern();
+    // glibc's syslog() blocks once this many datagrams wait in /dev/log (default 10);
+    // vm_syslog drains fast, but a burst during its restart should not stall senders.
+    if let Err(e) = std::fs::write("/proc/sys/net/unix/max_dgram_qlen", "512") {
+        warn!("cannot raise net.unix.max_dgram_qlen: {e}");
+    }
     Ok(())
 }
 

@@ -252,6 +252,24 @@ pub fn start(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Points stdout and stderr at `path` (created afresh), or at /dev/null if that fails.
+fn redirect_output(path: &std::path::Path) {
+    let file = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .and_then(|_| std::fs::File::create(path).ok())
+        .or_else(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .ok()
+        });
+    if let Some(file) = file {
+        let _ = nix::unistd::dup2_stdout(&file);
+        let _ = nix::unistd::dup2_stderr(&file);
+    }
+}
+
 fn serve_detached(args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
@@ -266,6 +284,11 @@ fn serve_detached(args: RunArgs) -> ExitCode {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready {}", vm.id());
     let _ = out.flush();
+    // `start` has returned and closed its ends of our stdout and stderr; from here on our
+    // messages go to <runtime-dir>/logs/<id>.log (writing to a closed pipe would fail).
+    if let Some(runtime) = vm.rundir.parent().and_then(|vms| vms.parent()) {
+        redirect_output(&runtime.join("logs").join(format!("{}.log", vm.id())));
+    }
     let ended = vm.wait_end(&signals);
     let guest_running = !matches!(ended, Ended::VmStopped(_));
     vm.teardown(guest_running);

@@ -523,7 +523,8 @@ pub fn print_console_tail(path: &Path, lines: usize) {
         path.display()
     );
     for line in &all[all.len().saturating_sub(lines)..] {
-        eprintln!("{line}");
+        // The kernel logs its command line, token included.
+        eprintln!("{}", crate::hypervisor::redact(line));
     }
     eprintln!("--- end of the guest console ---");
 }
