@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 use crate::collect::{CrashArgs, DEFAULT_MAX_SIZE};
 
+/// The smallest cap accepted: room for the crashing thread, its stack and the main module.
+pub const MIN_MAX_SIZE: u64 = 64 << 10;
+
 pub const USAGE: &str = "\
 usage: crash_collector [options] PID SIGNAL TIME EXE
 
@@ -19,7 +22,7 @@ host cannot be reached, to be sent first by the next run).
   --proc DIR         /proc root to read the crashed process from (default /proc)
   --core FILE        read the core from FILE instead of stdin
   --spool DIR        where unsent reports wait (default /var/spool/crash)
-  --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M)
+  --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M, at least 64K)
   --output DIR       write <exe>.<date>.<pid>.dmp/.meta to DIR instead of sending
 
 Exit status: 0 sent or written, 1 kept in the spool, 2 usage error, 3 nothing could be kept.";
@@ -114,7 +117,7 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
             "--proc" => config.proc_root = value()?.into(),
             "--core" => config.core = Some(value()?.into()),
             "--spool" => config.spool = value()?.into(),
-            "--max-size" => config.max_size = parse_size(&value()?)?,
+            "--max-size" => config.max_size = parse_size(&value()?)?.max(MIN_MAX_SIZE),
             "--output" => config.output = Some(value()?.into()),
             other => return Err(ArgsError::UnknownOption(other.to_string())),
         }

@@ -68,6 +68,9 @@ pub fn signal_name(signo: i32) -> &'static str {
 fn maps_from_core(layout: &CoreLayout) -> Vec<u8> {
     let mut text = String::new();
     for load in &layout.loads {
+        if text.len() as u64 >= crate::proc_info::MAX_MAPS_BYTES {
+            break;
+        }
         let end = load.p_vaddr.saturating_add(load.p_memsz);
         let file = layout.notes.files.iter().find(|f| f.start == load.p_vaddr);
         let (offset, path) = file.map_or((0, ""), |f| (f.offset, f.path.as_str()));
@@ -130,27 +133,61 @@ pub struct Collected {
     core_size: u64,
 }
 
-/// The size everything but memory takes, and which text streams had to go to fit `max_size`.
-fn fixed_size(
+/// What fits under a size cap besides memory: which text streams, how many threads (the
+/// crashing one first) and modules (the main one first), and the memory budget left.
+struct Fit {
+    text: TextStreams,
     threads: usize,
-    modules: &[Module],
-    text: &mut TextStreams,
-    max_size: u64,
-) -> (u64, Vec<&'static str>) {
-    let mut fixed = minidump::overhead(threads, modules, threads + 2, text);
-    let mut dropped = Vec::new();
-    for (name, stream) in [
-        ("environ", &mut text.environ),
-        ("maps", &mut text.maps),
-        ("cpuinfo", &mut text.cpuinfo),
+    modules: usize,
+    budget: u64,
+    dropped_streams: Vec<&'static str>,
+}
+
+fn fit(threads: usize, modules: &[Module], text: &TextStreams, max_size: u64) -> Fit {
+    let mut f = Fit {
+        text: text.clone(),
+        threads,
+        modules: modules.len(),
+        budget: 0,
+        dropped_streams: Vec::new(),
+    };
+    let size =
+        |f: &Fit| minidump::overhead(f.threads, &modules[..f.modules], f.threads + 2, &f.text);
+    let over = |f: &Fit| size(f) + MIN_MEMORY_BUDGET > max_size;
+    for name in [
+        "environ",
+        "maps",
+        "cpuinfo",
+        "status",
+        "auxv",
+        "cmdline",
+        "lsb_release",
     ] {
-        if fixed + MIN_MEMORY_BUDGET > max_size && !stream.is_empty() {
-            fixed -= stream.len() as u64;
+        if !over(&f) {
+            break;
+        }
+        let stream = match name {
+            "environ" => &mut f.text.environ,
+            "maps" => &mut f.text.maps,
+            "cpuinfo" => &mut f.text.cpuinfo,
+            "status" => &mut f.text.status,
+            "auxv" => &mut f.text.auxv,
+            "cmdline" => &mut f.text.cmdline,
+            _ => &mut f.text.lsb_release,
+        };
+        if !stream.is_empty() {
             stream.clear();
-            dropped.push(name);
+            f.dropped_streams.push(name);
         }
     }
-    (fixed, dropped)
+    while over(&f) && f.threads > 1 {
+        f.threads = f.threads.div_ceil(2);
+    }
+    while over(&f) && f.modules > 1 {
+        f.modules = f.modules.div_ceil(2);
+    }
+    f.budget = max_size.saturating_sub(size(&f));
+    f
 }
 
 /// Reads the core (streamed once, then drained) with /proc's help. Never fails: a core that
@@ -192,14 +229,14 @@ pub fn capture<R: CoreInput>(
             build_id: None,
         })
         .collect();
-    let (fixed, _) = fixed_size(
-        notes.threads.len(),
-        &guessed,
-        &mut text.clone(),
-        opts.max_size,
+    let f = fit(notes.threads.len(), &guessed, &text, opts.max_size);
+    let plan = plan::plan(
+        &layout,
+        &notes.threads[..f.threads],
+        crash_addr,
+        &module_bases,
+        f.budget,
     );
-    let budget = opts.max_size.saturating_sub(fixed).max(MIN_MEMORY_BUDGET);
-    let plan = plan::plan(&layout, crash_addr, &module_bases, budget);
 
     let image = reader.capture(&layout, plan.wanted());
     let core_size = reader.drain();
@@ -215,7 +252,7 @@ pub fn capture<R: CoreInput>(
     let vdso_size = maps
         .iter()
         .find(|m| Some(m.start) == vdso_base)
-        .map_or(VDSO_DEFAULT_SIZE, |m| m.end - m.start);
+        .map_or(VDSO_DEFAULT_SIZE, |m| m.end.saturating_sub(m.start));
     found.extend(modules::vdso(&image, vdso_base, vdso_size));
     let modules = modules::order(found, notes.auxv_value(AT_ENTRY), proc.exe.as_deref());
     Collected {
@@ -248,11 +285,16 @@ impl Collected {
         let siginfo = notes.siginfo;
         let crash_addr = siginfo.and_then(|s| s.fault_addr());
         let mut problems = self.problems.clone();
-        let mut text = self.text.clone();
-        let (fixed, text_dropped) =
-            fixed_size(notes.threads.len(), &self.modules, &mut text, max_size);
-        let budget = max_size.saturating_sub(fixed).max(MIN_MEMORY_BUDGET);
-        let plan = plan::plan(&self.layout, crash_addr, &self.module_bases, budget);
+        let f = fit(notes.threads.len(), &self.modules, &self.text, max_size);
+        let threads = &notes.threads[..f.threads];
+        let modules = &self.modules[..f.modules];
+        let plan = plan::plan(
+            &self.layout,
+            threads,
+            crash_addr,
+            &self.module_bases,
+            f.budget,
+        );
 
         let crash_thread = notes.crashing_thread();
         let signal = siginfo
@@ -280,16 +322,16 @@ impl Collected {
         .join(" ");
         let memory = plan.output();
         let input = DumpInput {
-            threads: &notes.threads,
+            threads,
             stacks: &plan.stacks,
             memory: &memory,
             image: &self.image,
-            modules: &self.modules,
+            modules,
             exception,
             cpu: CpuFacts::from_cpuinfo(&self.text.cpuinfo),
             kernel_release: k.release.clone(),
             os_description,
-            text,
+            text: f.text,
             time: self.args.time.clamp(0, i64::from(u32::MAX)) as u32,
         };
         let minidump = match minidump::write(&input) {
@@ -332,11 +374,22 @@ impl Collected {
             keys::COLLECTOR,
             concat!("crash_collector ", env!("CARGO_PKG_VERSION")).to_string(),
         );
-        if plan.trimmed > 0 || !text_dropped.is_empty() {
+        let threads_dropped = notes.threads.len() - threads.len();
+        let modules_dropped = self.modules.len() - modules.len();
+        if plan.trimmed > 0
+            || !f.dropped_streams.is_empty()
+            || threads_dropped + modules_dropped > 0
+        {
             set(keys::SIZE_CAPPED, "yes".into());
             set(keys::MEMORY_TRIMMED, plan.trimmed.to_string());
-            if !text_dropped.is_empty() {
-                set(keys::SIZE_CAPPED_STREAMS, text_dropped.join(","));
+            if !f.dropped_streams.is_empty() {
+                set(keys::SIZE_CAPPED_STREAMS, f.dropped_streams.join(","));
+            }
+            if threads_dropped > 0 {
+                set(keys::THREADS_DROPPED, threads_dropped.to_string());
+            }
+            if modules_dropped > 0 {
+                set(keys::MODULES_DROPPED, modules_dropped.to_string());
             }
         }
         if !problems.is_empty() {
@@ -358,5 +411,107 @@ impl Collected {
             minidump,
             process_tree: self.proc.process_tree.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core_reader::test_utils::{synthetic_core, RIP, RSP};
+    use crate::elf::test_utils::{ehdr, note, phdr};
+    use crate::elf::{ET_CORE, PT_NOTE};
+    use crate::notes::test_utils::prstatus;
+    use crate::notes::NT_PRSTATUS;
+
+    fn args() -> CrashArgs {
+        CrashArgs {
+            pid: 42,
+            signal: 6,
+            time: 1_700_000_000,
+            exe: "fake".into(),
+        }
+    }
+
+    /// A core of `n` threads (notes only, no memory).
+    fn threads_core(n: u32) -> Vec<u8> {
+        let mut notes = Vec::new();
+        for i in 0..n {
+            notes.extend(note(
+                b"CORE",
+                NT_PRSTATUS,
+                &prstatus(1000 + i, 11, RIP, RSP),
+            ));
+        }
+        let mut core = ehdr(ET_CORE, 1);
+        core.extend(phdr(PT_NOTE, 0, 64 + 56, 0, notes.len() as u64, 0));
+        core.extend(notes);
+        core
+    }
+
+    #[test]
+    fn convert_synthetic_core_gives_minidump_and_metadata() {
+        let core = synthetic_core();
+        let report = convert(
+            &core[..],
+            ProcSnapshot::default(),
+            &args(),
+            &Options::default(),
+        );
+        assert_eq!(&report.minidump[..4], b"MDMP");
+        let m = &report.metadata;
+        assert_eq!(m[keys::SIGNAL], "11", "the core's siginfo wins over %s");
+        assert_eq!(m[keys::CRASH_TID], "42");
+        assert_eq!(m[keys::THREADS], "1");
+        assert_eq!(m[keys::CORE_SIZE], core.len().to_string());
+        // 0x10 is not mapped in the core: a fault address, but no memory window for it.
+        assert_eq!(m[keys::FAULT_ADDR], "0x10");
+        assert!(!m.contains_key(keys::PARTIAL), "{m:?}");
+        assert!(!m.contains_key(keys::SIZE_CAPPED), "{m:?}");
+    }
+
+    #[test]
+    fn render_many_threads_small_cap_drops_threads_and_stays_under() {
+        let core = threads_core(500);
+        let collected = capture(
+            &core[..],
+            ProcSnapshot::default(),
+            &args(),
+            &Options::default(),
+        );
+        let full = collected.render(DEFAULT_MAX_SIZE);
+        assert!(!full.metadata.contains_key(keys::THREADS_DROPPED));
+        let small = collected.render(64 << 10);
+        assert!(small.minidump.len() <= 64 << 10, "{}", small.minidump.len());
+        assert_eq!(small.metadata[keys::SIZE_CAPPED], "yes");
+        let dropped: usize = small.metadata[keys::THREADS_DROPPED].parse().unwrap();
+        assert!(dropped > 400 && dropped < 500, "{dropped}");
+        assert_eq!(small.metadata[keys::THREADS], "500");
+    }
+
+    #[test]
+    fn convert_empty_input_is_partial_with_signal_from_args() {
+        let report = convert(
+            &[][..],
+            ProcSnapshot::default(),
+            &args(),
+            &Options::default(),
+        );
+        assert_eq!(&report.minidump[..4], b"MDMP");
+        assert_eq!(report.metadata[keys::PARTIAL], "yes");
+        assert_eq!(report.metadata[keys::SIGNAL], "6");
+        assert!(report.metadata[keys::PROBLEMS].contains("ELF header"));
+    }
+
+    #[test]
+    fn maps_from_core_names_file_mappings() {
+        let core = synthetic_core();
+        let mut reader = CoreReader::new(&core[..]);
+        let layout = reader.read_layout().unwrap();
+        let text = String::from_utf8(maps_from_core(&layout)).unwrap();
+        assert!(
+            text.starts_with("00400000-00402000 r-xp 00000000 00:00 0 /bin/fake\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2);
     }
 }

@@ -294,7 +294,9 @@ impl<R: CoreInput> CoreReader<R> {
         let mut jobs: Vec<(u64, u64, u64)> = Vec::new();
         for load in &layout.loads {
             let seg = load.p_vaddr..load.p_vaddr.saturating_add(load.p_filesz);
-            for w in &wanted {
+            // `wanted` is sorted and disjoint: start at the first range ending inside.
+            let first = wanted.partition_point(|w| w.end <= seg.start);
+            for w in wanted[first..].iter().take_while(|w| w.start < seg.end) {
                 let start = w.start.max(seg.start);
                 let end = w.end.min(seg.end);
                 if start < end {

@@ -72,7 +72,7 @@ pub fn candidates(files: &[FileMapping], maps: &[MapsEntry]) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for (start, end, offset, path, exec) in sorted {
         let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-        if !is_file_path(path) {
+        if !is_file_path(path) || end <= start {
             continue;
         }
         match out.last_mut() {
@@ -141,7 +141,7 @@ pub fn identify(
         if is_elf {
             modules.push(Module {
                 base: c.base,
-                size: c.end - c.base,
+                size: c.end.saturating_sub(c.base),
                 path: c.path.clone(),
                 build_id,
             });

@@ -10,6 +10,7 @@ use std::ops::Range;
 use crate::build_id::HEADER_PEEK;
 use crate::core_reader::CoreLayout;
 use crate::memory::{around, coalesce, total_len};
+use crate::notes::ThreadNotes;
 
 /// Bytes below the stack pointer kept (the x86-64 red zone).
 pub const RED_ZONE: u64 = 128;
@@ -63,14 +64,15 @@ fn shorten(r: &Range<u64>, len: u64) -> Range<u64> {
     r.start..r.start + len.min(r.end - r.start)
 }
 
-/// Plans the capture. `budget` is what the memory may take in the minidump.
+/// Plans the capture for `threads` (the crashing one first; the ones the minidump keeps).
+/// `budget` is what the memory may take in the minidump.
 pub fn plan(
     layout: &CoreLayout,
+    threads: &[ThreadNotes],
     crash_addr: Option<u64>,
     module_bases: &[u64],
     budget: u64,
 ) -> Plan {
-    let threads = &layout.notes.threads;
     let mut windows = Vec::new();
     if let Some(crash) = threads.first() {
         windows.push(around(crash.regs.rip, WINDOW));
@@ -126,7 +128,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::elf::{ProgramHeader, PT_LOAD};
-    use crate::notes::{Registers, ThreadNotes};
+    use crate::notes::Registers;
 
     fn layout(rsps: &[u64]) -> CoreLayout {
         let mut l = CoreLayout::default();
@@ -166,7 +168,13 @@ mod tests {
     #[test]
     fn plan_ample_budget_keeps_full_stacks_within_segments() {
         let l = layout(&[0x7000_000f_0000, 0x7100_0008_0000]);
-        let p = plan(&l, Some(0x40_2000), &[0x40_0000], 64 << 20);
+        let p = plan(
+            &l,
+            &l.notes.threads,
+            Some(0x40_2000),
+            &[0x40_0000],
+            64 << 20,
+        );
         assert_eq!(p.trimmed, 0);
         // Crashing stack: 64 KiB left in its 1 MiB segment above rsp, plus the red zone.
         assert_eq!(p.stacks[0], 0x7000_000e_ff80..0x7000_0010_0000);
@@ -179,14 +187,14 @@ mod tests {
     #[test]
     fn plan_fault_address_outside_the_core_gets_no_window() {
         let l = layout(&[0x7000_0008_0000]);
-        let p = plan(&l, Some(0x10), &[], 1 << 20);
+        let p = plan(&l, &l.notes.threads, Some(0x10), &[], 1 << 20);
         assert_eq!(p.windows.len(), 1);
     }
 
     #[test]
     fn plan_small_budget_trims_other_threads_first() {
         let l = layout(&[0x7000_0008_0000, 0x7100_0008_0000, 0x7200_0008_0000]);
-        let p = plan(&l, None, &[], 256 + 100_000);
+        let p = plan(&l, &l.notes.threads, None, &[], 256 + 100_000);
         assert_eq!(p.stacks[0].end - p.stacks[0].start, 100_000);
         assert_eq!(p.stacks[1].start, p.stacks[1].end);
         let total: u64 = p.stacks.iter().map(|r| r.end - r.start).sum();
@@ -197,7 +205,7 @@ mod tests {
     fn plan_water_fill_shares_evenly() {
         let l = layout(&[0x7000_0008_0000, 0x7100_0008_0000, 0x7200_0008_0000]);
         let crash = CRASH_STACK_MAX;
-        let p = plan(&l, None, &[], 256 + crash + 2 * 10_000);
+        let p = plan(&l, &l.notes.threads, None, &[], 256 + crash + 2 * 10_000);
         assert_eq!(p.stacks[0].end - p.stacks[0].start, crash);
         assert_eq!(p.stacks[1].end - p.stacks[1].start, 10_000);
         assert_eq!(p.stacks[2].end - p.stacks[2].start, 10_000);
@@ -205,7 +213,7 @@ mod tests {
 
     #[test]
     fn plan_no_threads_is_empty() {
-        let p = plan(&CoreLayout::default(), Some(5), &[], 1 << 20);
+        let p = plan(&CoreLayout::default(), &[], Some(5), &[], 1 << 20);
         assert!(p.stacks.is_empty() && p.windows.is_empty());
         assert_eq!(p.trimmed, 0);
     }

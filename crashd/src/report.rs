@@ -26,6 +26,9 @@ pub mod keys {
     pub const MEMORY_TRIMMED: &str = "memory_trimmed_bytes";
     /// Text streams (environ, maps, cpuinfo) left out to fit the size cap.
     pub const SIZE_CAPPED_STREAMS: &str = "size_capped_streams";
+    /// Threads (after the crashing one) and modules (after the main one) left out to fit.
+    pub const THREADS_DROPPED: &str = "threads_dropped";
+    pub const MODULES_DROPPED: &str = "modules_dropped";
     /// "yes" when the core was truncated or corrupt; `problems` says what was wrong.
     pub const PARTIAL: &str = "partial";
     pub const PROBLEMS: &str = "problems";

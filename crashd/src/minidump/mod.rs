@@ -77,7 +77,9 @@ pub fn overhead(
         .iter()
         .map(|m| MODULE_SIZE as u64 + 16 + 2 * m.path.len() as u64 + 16 + 8 + 64)
         .sum();
-    let fixed = 32 + 16 * 12 + 8 * 32 + EXCEPTION_STREAM_SIZE + SYSTEM_INFO_SIZE + 512;
+    // Header, directory, list counts, exception, system info, its OS string, and a margin for
+    // alignment padding and memory regions split by segment boundaries.
+    let fixed = 32 + 16 * 12 + 8 * 32 + EXCEPTION_STREAM_SIZE + SYSTEM_INFO_SIZE + 512 + 4096;
     fixed as u64
         + (8 + threads * (THREAD_SIZE + CONTEXT_AMD64_SIZE + 8)) as u64
         + 8
