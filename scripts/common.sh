@@ -59,3 +59,9 @@ need_vm_deps() {
     apt_need qemu-system-x86 busybox-static rsyslog
     cargo_need vhost-device-vsock vhost-device-vsock
 }
+
+# What the crash_collector tests need besides gcc and gdb: minidump-stackwalk reads the
+# minidumps they write.
+need_crash_test_deps() {
+    cargo_need minidump-stackwalk minidump-stackwalk
+}
