@@ -413,8 +413,28 @@ fn build_dev(dev: &Path) -> Result<(), String> {
         std::os::unix::fs::symlink(target, dev.join(link))
             .map_err(|e| format!("symlink /dev/{link}: {e}"))?;
     }
-    // The VM's console and syslog socket, where they exist.
+    // The VM's syslog socket: its directory, so a socket created (or re-created) later is
+    // reached too; in host mode, whatever /dev/log is.
+    let syslog_dir = Path::new(crate::pid1::SYSLOG_DIR);
+    if syslog_dir.is_dir() {
+        let inside = dev.join(".syslog");
+        std::fs::create_dir(&inside).map_err(|e| format!("mkdir /dev/.syslog: {e}"))?;
+        mnt(
+            Some(syslog_dir),
+            &inside,
+            None,
+            MsFlags::MS_BIND,
+            None,
+            "the syslog directory",
+        )?;
+        std::os::unix::fs::symlink(".syslog/log", dev.join("log"))
+            .map_err(|e| format!("symlink /dev/log: {e}"))?;
+    }
+    // The VM's console, and /dev/log where it is not linked yet.
     for name in ["console", "log"] {
+        if std::fs::symlink_metadata(dev.join(name)).is_ok() {
+            continue;
+        }
         let outside = Path::new("/dev").join(name);
         if std::fs::symlink_metadata(&outside).is_ok() {
             let inside = dev.join(name);

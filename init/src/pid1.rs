@@ -10,6 +10,9 @@ use crate::mounts::{self, TABLE};
 use crate::{info, log, network, sys, warn};
 
 pub const CRASH_COLLECTOR: &str = "/sbin/crash_collector";
+/// vm_syslog's socket is `log` in this directory and /dev/log links to it: a container binds
+/// the directory, so it keeps reaching the socket vm_syslog re-creates after a restart.
+pub const SYSLOG_DIR: &str = "/run/syslog";
 /// `%P`: the pid in the initial namespace, so /proc lookups work for containers too.
 pub const CORE_PATTERN: &str = "|/sbin/crash_collector %P %s %t %e";
 /// /proc/PID stays readable while crash_collector streams the dump, for this many dumps.
@@ -75,6 +78,7 @@ pub fn early_setup() -> Result<(), String> {
         warn!("{e}");
     }
     setup_core_pattern();
+    link_dev_log();
     // glibc's syslog() blocks once this many datagrams wait in /dev/log (default 10);
     // vm_syslog drains fast, but a burst during its restart should not stall senders.
     if let Err(e) = std::fs::write("/proc/sys/net/unix/max_dgram_qlen", "512") {
@@ -132,6 +136,16 @@ fn setup_core_pattern() {
         if let Err(e) = std::fs::write(path, value) {
             warn!("cannot write {path}: {e}");
         }
+    }
+}
+
+/// The syslog socket's directory (see [`SYSLOG_DIR`]) and /dev/log pointing into it.
+fn link_dev_log() {
+    let socket = Path::new(SYSLOG_DIR).join("log");
+    let made = std::fs::create_dir_all(SYSLOG_DIR)
+        .and_then(|()| std::os::unix::fs::symlink(&socket, "/dev/log"));
+    if let Err(e) = made {
+        warn!("cannot link /dev/log to {}: {e}", socket.display());
     }
 }
 

@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use common::*;
 
@@ -103,8 +106,46 @@ fn container_missing_program_fails_clearly() {
 }
 
 #[test]
-#[ignore = "pending issue 6 (vm_syslog in the image): logger in a container reaches the host tagged"]
-fn container_logger_reaches_the_host() {}
+fn container_logger_reaches_the_host_tagged_with_the_vm_id() {
+    let runtime = tempfile::tempdir().unwrap();
+    let sink_path = runtime.path().join("host-syslog.sock");
+    // Drained all along: the host's datagram queue holds only 10 (max_dgram_qlen).
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = drain(UnixDatagram::bind(&sink_path).unwrap(), stop.clone());
+    let rootfs = runtime.path().join("rootfs");
+    busybox_root(&rootfs);
+    let marker = format!("ctr-log-{}", std::process::id());
+    // vm_syslog starts at boot; wait for its socket from inside the container.
+    let script = format!(
+        "i=0; while [ ! -S /dev/log ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         logger -t ctr-app -p user.err {marker}; sleep 1"
+    );
+    let dest = format!("unix:{}", sink_path.display());
+    let rootfs = rootfs.to_str().unwrap().to_string();
+    let args = [
+        "--name",
+        "ctr-log",
+        "--log-dest",
+        &dest,
+        "--container",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let out = vm_cmd(runtime.path(), "run", &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    stop.store(true, Ordering::SeqCst);
+    let lines = reader.join().unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no record with {marker}: {lines:#?}\n{}", show(&out)));
+    // <user.err> = <11>, tagged with the VM id the connection proved.
+    assert!(line.starts_with("<11>1 "), "{line}");
+    assert!(line.contains(" VM(ctr-log) ctr-app "), "{line}");
+}
 
 #[test]
 #[ignore = "pending issue 7 (crash_collector): a segfault in a container becomes a minidump on the host"]

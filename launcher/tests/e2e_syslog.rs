@@ -11,26 +11,9 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-
-/// Reads every datagram arriving at `sink` until `stop` is set and it has been quiet.
-fn drain(sink: UnixDatagram, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        sink.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut lines = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match sink.recv(&mut buf) {
-                Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                Err(_) if stop.load(Ordering::SeqCst) => return lines,
-                Err(_) => {}
-            }
-        }
-    })
-}
 
 #[test]
 fn guest_logger_reaches_the_host_sink_tagged_with_the_vm_id() {

@@ -2,8 +2,11 @@
 //! private runtime dir, and a VM started with `vm_launcher start` that stops when dropped.
 #![allow(dead_code)] // each test file uses a different part
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -181,4 +184,21 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
             (cmd.contains(needle) && !stat.contains(") Z ")).then_some((pid, cmd))
         })
         .collect()
+}
+
+/// Reads every datagram arriving at `sink` until `stop` is set and it has been quiet.
+pub fn drain(sink: UnixDatagram, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        sink.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match sink.recv(&mut buf) {
+                Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) if stop.load(Ordering::SeqCst) => return lines,
+                Err(_) => {}
+            }
+        }
+    })
 }
