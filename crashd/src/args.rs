@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::collect::{CrashArgs, DEFAULT_MAX_SIZE};
+use crate::collect::{CrashArgs, MemorySource, DEFAULT_MAX_SIZE};
 
 /// The smallest cap accepted: room for the crashing thread, its stack and the main module.
 pub const MIN_MAX_SIZE: u64 = 64 << 10;
@@ -22,6 +22,9 @@ host cannot be reached, to be sent first by the next run).
   --proc DIR         /proc root to read the crashed process from (default /proc)
   --core FILE        read the core from FILE instead of stdin
   --spool DIR        where unsent reports wait (default /var/spool/crash)
+  --memory-source S  auto: memory from /proc/PID/mem, the core for what it lacks, and the
+                     rest of the core is not read (ends the kernel's dump early); core: only
+                     from the core, read to its end (default auto)
   --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M, at least 64K)
   --output DIR       write <exe>.<date>.<pid>.dmp/.meta to DIR instead of sending
 
@@ -36,6 +39,7 @@ pub struct Config {
     pub core: Option<PathBuf>,
     pub spool: PathBuf,
     pub max_size: u64,
+    pub memory_source: MemorySource,
     pub output: Option<PathBuf>,
 }
 
@@ -46,6 +50,7 @@ pub enum ArgsError {
     UnknownOption(String),
     BadNumber { what: &'static str, value: String },
     Positional(usize),
+    BadChoice { flag: &'static str, value: String },
 }
 
 impl fmt::Display for ArgsError {
@@ -56,6 +61,7 @@ impl fmt::Display for ArgsError {
             Self::UnknownOption(flag) => write!(f, "unknown option {flag:?}"),
             Self::BadNumber { what, value } => write!(f, "{what} {value:?} is not a valid number"),
             Self::Positional(n) => write!(f, "expected PID SIGNAL TIME EXE, got {n} arguments"),
+            Self::BadChoice { flag, value } => write!(f, "{flag} {value:?}: expected auto or core"),
         }
     }
 }
@@ -93,6 +99,7 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
         core: None,
         spool: PathBuf::from(crate::spool::DEFAULT_DIR),
         max_size: DEFAULT_MAX_SIZE,
+        memory_source: MemorySource::Auto,
         output: None,
     };
     let mut positional = Vec::new();
@@ -119,6 +126,18 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
             "--spool" => config.spool = value()?.into(),
             "--max-size" => config.max_size = parse_size(&value()?)?.max(MIN_MAX_SIZE),
             "--output" => config.output = Some(value()?.into()),
+            "--memory-source" => {
+                config.memory_source = match value()?.as_str() {
+                    "auto" => MemorySource::Auto,
+                    "core" => MemorySource::Core,
+                    other => {
+                        return Err(ArgsError::BadChoice {
+                            flag: "--memory-source",
+                            value: other.into(),
+                        })
+                    }
+                }
+            }
             other => return Err(ArgsError::UnknownOption(other.to_string())),
         }
     }
@@ -199,5 +218,11 @@ mod tests {
         assert!(parse_size("8G").is_err());
         assert_eq!(parse_size("8M"), Ok(8 << 20));
         assert_eq!(parse(&args(&["-h"])), Err(ArgsError::Help));
+        assert!(matches!(
+            parse(&args(&["--memory-source", "disk", "1", "2", "3", "e"])),
+            Err(ArgsError::BadChoice { .. })
+        ));
+        let c = parse(&args(&["--memory-source", "core", "1", "2", "3", "e"])).unwrap();
+        assert_eq!(c.memory_source, MemorySource::Core);
     }
 }

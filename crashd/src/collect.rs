@@ -11,6 +11,7 @@ use crate::minidump::{self, CpuFacts, DumpInput, Exception, TextStreams};
 use crate::modules::{self, Module, AT_SYSINFO_EHDR};
 use crate::plan;
 use crate::proc_info::ProcSnapshot;
+use crate::proc_mem;
 use crate::report::{keys, CrashReportData};
 
 /// Default cap on the minidump's size.
@@ -36,6 +37,18 @@ pub struct Options {
     pub max_size: u64,
     /// Read mapped files for build ids the core's memory lacks (off for fuzzing).
     pub read_module_files: bool,
+    pub memory_source: MemorySource,
+}
+
+/// Where the memory in the minidump comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySource {
+    /// /proc/PID/mem (the process is alive while the kernel dumps it), then the core stream
+    /// for what /proc lacks. The core is read only as far as needed: the caller then
+    /// releases the pipe, which ends the kernel's dump early.
+    Auto,
+    /// Only the core stream, read to its end.
+    Core,
 }
 
 impl Default for Options {
@@ -43,6 +56,7 @@ impl Default for Options {
         Options {
             max_size: DEFAULT_MAX_SIZE,
             read_module_files: true,
+            memory_source: MemorySource::Auto,
         }
     }
 }
@@ -130,7 +144,9 @@ pub struct Collected {
     proc: ProcSnapshot,
     args: CrashArgs,
     problems: Vec<String>,
-    core_size: u64,
+    /// Bytes of the core read, and whether that was all of it.
+    core_read: (u64, bool),
+    memory_from: &'static str,
 }
 
 /// What fits under a size cap besides memory: which text streams, how many threads (the
@@ -238,8 +254,25 @@ pub fn capture<R: CoreInput>(
         f.budget,
     );
 
-    let image = reader.capture(&layout, plan.wanted());
-    let core_size = reader.drain();
+    let wanted = plan.wanted();
+    let (image, memory_from) = match opts.memory_source {
+        MemorySource::Core => {
+            let image = reader.capture(&layout, wanted);
+            reader.drain();
+            (image, "core")
+        }
+        MemorySource::Auto => {
+            let (from_proc, missing) = proc_mem::read(proc.mem.as_deref(), &wanted);
+            let from_core = reader.capture(&layout, missing);
+            let source = match (from_proc.total_bytes() > 0, from_core.total_bytes() > 0) {
+                (true, true) => "proc+core",
+                (true, false) => "proc",
+                (false, _) => "core",
+            };
+            (from_proc.merged(from_core), source)
+        }
+    };
+    let core_read = (reader.position(), reader.at_end());
     problems.append(&mut reader.problems);
     problems.extend(notes.problems.iter().cloned());
 
@@ -264,7 +297,8 @@ pub fn capture<R: CoreInput>(
         proc,
         args: args.clone(),
         problems,
-        core_size,
+        core_read,
+        memory_from,
     }
 }
 
@@ -369,7 +403,11 @@ impl Collected {
         set(keys::THREADS, notes.threads.len().to_string());
         set(keys::MODULES, self.modules.len().to_string());
         set(keys::MINIDUMP_SIZE, minidump.len().to_string());
-        set(keys::CORE_SIZE, self.core_size.to_string());
+        set(keys::CORE_BYTES_READ, self.core_read.0.to_string());
+        if self.core_read.1 {
+            set(keys::CORE_SIZE, self.core_read.0.to_string());
+        }
+        set(keys::MEMORY_SOURCE, self.memory_from.to_string());
         set(
             keys::COLLECTOR,
             concat!("crash_collector ", env!("CARGO_PKG_VERSION")).to_string(),
@@ -462,7 +500,17 @@ mod tests {
         assert_eq!(m[keys::SIGNAL], "11", "the core's siginfo wins over %s");
         assert_eq!(m[keys::CRASH_TID], "42");
         assert_eq!(m[keys::THREADS], "1");
-        assert_eq!(m[keys::CORE_SIZE], core.len().to_string());
+        // No /proc here: the memory came from the core, which was then read no further.
+        assert_eq!(m[keys::MEMORY_SOURCE], "core");
+        assert!(!m.contains_key(keys::CORE_SIZE));
+        let read: usize = m[keys::CORE_BYTES_READ].parse().unwrap();
+        assert!(read <= core.len(), "{read}");
+        let opts = Options {
+            memory_source: MemorySource::Core,
+            ..Options::default()
+        };
+        let drained = convert(&core[..], ProcSnapshot::default(), &args(), &opts);
+        assert_eq!(drained.metadata[keys::CORE_SIZE], core.len().to_string());
         // 0x10 is not mapped in the core: a fault address, but no memory window for it.
         assert_eq!(m[keys::FAULT_ADDR], "0x10");
         assert!(!m.contains_key(keys::PARTIAL), "{m:?}");

@@ -135,6 +135,11 @@ impl<R: CoreInput> CoreReader<R> {
         self.pos
     }
 
+    /// Whether the end of the core was reached.
+    pub fn at_end(&self) -> bool {
+        self.eof
+    }
+
     /// Reads into `buf` until it is full or the stream ends; returns the count read.
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CoreError> {
         let mut done = 0;
@@ -360,6 +365,7 @@ impl<R: CoreInput> CoreReader<R> {
     pub fn drain(&mut self) -> u64 {
         if let Some(size) = self.input.seek_end() {
             self.pos = size;
+            self.eof = true;
             return size;
         }
         if let Err(e) = self.skip_to(u64::MAX) {

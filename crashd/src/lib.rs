@@ -9,6 +9,7 @@
 //! - `memory`: address ranges and the sparse image of captured memory.
 //! - `core_reader`: the core as a forward-only stream: headers and notes, then wanted memory.
 //! - `proc_info`: /proc/PID readers (any root directory, for tests) and the process tree.
+//! - `proc_mem`: the crashed process's memory from /proc/PID/mem while the dump is in flight.
 //! - `build_id`: NT_GNU_BUILD_ID from captured memory or from the mapped file.
 //! - `modules`: mapped images → the module list.
 //! - `plan`: which memory to keep within the minidump's size cap.
@@ -30,6 +31,7 @@ pub mod modules;
 pub mod notes;
 pub mod plan;
 pub mod proc_info;
+pub mod proc_mem;
 pub mod report;
 #[cfg(feature = "grpc")]
 pub mod send;

@@ -141,6 +141,7 @@ fn run(config: Config) -> Result<Outcome, MainError> {
     let opts = Options {
         max_size: config.max_size,
         read_module_files: true,
+        memory_source: config.memory_source,
     };
     let collected = match &config.core {
         Some(path) => {
@@ -160,7 +161,9 @@ fn run(config: Config) -> Result<Outcome, MainError> {
                     path: PathBuf::from("stdin"),
                     source,
                 })?;
-            capture(File::from(fd), proc, &config.crash, &opts)
+            let collected = capture(File::from(fd), proc, &config.crash, &opts);
+            sys::release_stdin();
+            collected
         }
     };
     let mut report = collected.render(config.max_size);
@@ -171,7 +174,7 @@ fn run(config: Config) -> Result<Outcome, MainError> {
     }
     if let Some(dir) = &config.output {
         let dmp = report
-            .write_to(dir, &report.file_stem())
+            .write_to(dir, &report.file_stem(), false)
             .map_err(|source| MainError::Output {
                 path: dir.clone(),
                 source,

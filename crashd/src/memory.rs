@@ -73,6 +73,13 @@ impl MemoryImage {
         &self.regions
     }
 
+    /// Both images as one (where they overlap, `self` wins).
+    pub fn merged(self, other: MemoryImage) -> MemoryImage {
+        let mut regions = self.regions;
+        regions.extend(other.regions);
+        MemoryImage::from_regions(regions)
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.regions.iter().map(|r| r.bytes.len() as u64).sum()
     }

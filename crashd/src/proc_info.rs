@@ -89,6 +89,8 @@ pub struct ProcSnapshot {
     pub process_tree: String,
     /// Where the mapped files can be opened (`<root>/<pid>/map_files`), if anywhere.
     pub map_files: Option<PathBuf>,
+    /// The process's memory (`<root>/<pid>/mem`), if it exists.
+    pub mem: Option<PathBuf>,
     /// Files that were missing, unreadable or cut, as sentences.
     pub problems: Vec<String>,
     /// Files cut at their cap (the stream name), for the metadata.
@@ -153,6 +155,8 @@ impl ProcSource {
             .find_map(|p| read_bounded(p, MAX_TEXT_BYTES).ok().map(|(b, _)| b));
         let map_files = dir.join("map_files");
         snap.map_files = map_files.is_dir().then_some(map_files);
+        let mem = dir.join("mem");
+        snap.mem = mem.exists().then_some(mem);
         snap.process_tree = self.process_tree(pid);
         snap
     }

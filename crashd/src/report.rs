@@ -20,7 +20,11 @@ pub mod keys {
     pub const THREADS: &str = "threads";
     pub const MODULES: &str = "modules";
     pub const MINIDUMP_SIZE: &str = "minidump_size";
+    /// The core's size, when it was read to its end.
     pub const CORE_SIZE: &str = "core_size";
+    pub const CORE_BYTES_READ: &str = "core_bytes_read";
+    /// Where the memory came from: proc (/proc/PID/mem), core, or proc+core.
+    pub const MEMORY_SOURCE: &str = "memory_source";
     /// "yes" when the minidump was cut to its size cap; `memory_trimmed_bytes` says how much.
     pub const SIZE_CAPPED: &str = "size_capped";
     pub const MEMORY_TRIMMED: &str = "memory_trimmed_bytes";
@@ -169,25 +173,30 @@ impl CrashReportData {
         Some(report)
     }
 
-    /// Writes `<dir>/<stem>.dmp` then `<dir>/<stem>.meta`; returns the `.dmp` path.
-    pub fn write_to(&self, dir: &Path, stem: &str) -> std::io::Result<PathBuf> {
+    /// Writes `<dir>/<stem>.dmp` then `<dir>/<stem>.meta`; returns the `.dmp` path. With
+    /// `durable` each file is synced before it is renamed into place (the spool must survive
+    /// a power-off; `--output` does not pay for that).
+    pub fn write_to(&self, dir: &Path, stem: &str, durable: bool) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let dmp = dir.join(format!("{stem}.dmp"));
-        write_atomic(&dmp, &self.minidump)?;
+        write_atomic(&dmp, &self.minidump, durable)?;
         write_atomic(
             &dir.join(format!("{stem}.meta")),
             self.meta_text().as_bytes(),
+            durable,
         )?;
         Ok(dmp)
     }
 }
 
-/// Writes a temporary file, syncs it and renames it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a temporary file, syncs it if `durable`, and renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -234,7 +243,7 @@ mod tests {
     #[test]
     fn write_to_puts_dump_and_meta_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let dmp = sample().write_to(dir.path(), "x").unwrap();
+        let dmp = sample().write_to(dir.path(), "x", true).unwrap();
         assert_eq!(std::fs::read(&dmp).unwrap(), b"MDMP");
         assert!(dir.path().join("x.meta").exists());
         assert!(!dir.path().join("x.tmp").exists());

@@ -135,7 +135,7 @@ impl Spool {
             stem = format!("{}.{n}", report.file_stem());
         }
         report
-            .write_to(&self.dir, &stem)
+            .write_to(&self.dir, &stem, true)
             .map_err(Self::err(&self.dir))?;
         Ok(evicted)
     }

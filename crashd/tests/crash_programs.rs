@@ -184,6 +184,19 @@ fn abort_read_from_the_gcore_file_has_signal_6_and_no_fault_address() {
 }
 
 #[test]
+fn segv_8_threads_memory_from_the_core_stream_alone() {
+    let crash = GdbCrash::run("segv", 8);
+    let (dmp, meta) = convert_piped(&crash, 11, &["--memory-source", "core"]);
+    let got = check_minidump(&dmp, &crash, true);
+    assert_eq!(Some(got.crash_tid), crash.crash_tid);
+    assert_eq!(got.address, 0x10);
+    assert_eq!(meta["memory_source"], "core", "{meta:?}");
+    assert_eq!(meta["core_size"], crash.kernel_core().len().to_string());
+    assert!(!meta.contains_key("partial"), "{meta:?}");
+    crash.finish();
+}
+
+#[test]
 fn fpe_fault_address_is_the_dividing_instruction() {
     let crash = GdbCrash::run("fpe", 1);
     let (dmp, meta) = convert_piped(&crash, 8, &[]);
@@ -263,6 +276,8 @@ fn truncated_core_gives_a_partial_minidump_and_a_clear_note() {
         let args = [
             "--output",
             out_dir.to_str().unwrap(),
+            "--memory-source",
+            "core",
             &pid,
             "11",
             "1700000000",
