@@ -19,7 +19,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HOG_MIB: u32 = 64;
@@ -38,8 +38,9 @@ struct Sample {
     status: i32,
 }
 
-/// Waits for `pid` with wait4 and returns its status and peak RSS.
-fn wait_rusage(pid: u32, started: Instant) -> Sample {
+/// Reaps `child` with wait4 (std's wait has no rusage) and returns its status and peak RSS.
+fn wait_rusage(child: Child, started: Instant) -> Sample {
+    let pid = child.id();
     let mut status = 0;
     // SAFETY: rusage is plain old data; all-zero is a valid value for wait4 to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -78,7 +79,7 @@ fn run_collector(core: &Path, pid: u32, out: &Path, source: &str) -> Sample {
         .stderr(Stdio::null())
         .spawn()
         .expect("crash_collector");
-    let sample = wait_rusage(child.id(), started);
+    let sample = wait_rusage(child, started);
     // cat ends on EOF, or on EPIPE once the collector released the pipe.
     let _ = cat.wait();
     sample
@@ -118,7 +119,7 @@ fn run_minidump_writer(pid: u32, out: &Path) -> Sample {
         .stdout(Stdio::null())
         .spawn()
         .expect("re-run for minidump-writer");
-    wait_rusage(child.id(), started)
+    wait_rusage(child, started)
 }
 
 /// The child's job: dump `pid` with minidump-writer into the file named.
@@ -175,7 +176,7 @@ fn main() {
             .map(|_| {
                 let started = Instant::now();
                 let child = cmd.stdout(Stdio::null()).spawn().expect("baseline run");
-                wait_rusage(child.id(), started)
+                wait_rusage(child, started)
             })
             .collect();
         (ms(&runs), rss(&runs))
