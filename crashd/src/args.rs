@@ -23,8 +23,8 @@ host cannot be reached, to be sent first by the next run).
   --core FILE        read the core from FILE instead of stdin
   --spool DIR        where unsent reports wait (default /var/spool/crash)
   --memory-source S  auto: memory from /proc/PID/mem, the core for what it lacks, and the
-                     rest of the core is not read (ends the kernel's dump early); core: only
-                     from the core, read to its end (default auto)
+                     rest of the core is not read (the kernel's dump ends when we exit);
+                     core: only from the core, read to its end (default auto)
   --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M, at least 64K)
   --output DIR       write <exe>.<date>.<pid>.dmp/.meta to DIR instead of sending
 

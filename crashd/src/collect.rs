@@ -44,8 +44,9 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemorySource {
     /// /proc/PID/mem (the process is alive while the kernel dumps it), then the core stream
-    /// for what /proc lacks. The core is read only as far as needed: the caller then
-    /// releases the pipe, which ends the kernel's dump early.
+    /// for what /proc lacks. The core is read only as far as needed: the kernel's writes
+    /// then wait on the full pipe and fail once the collector exits, which ends the dump
+    /// without producing the rest.
     Auto,
     /// Only the core stream, read to its end.
     Core,

@@ -161,9 +161,10 @@ fn run(config: Config) -> Result<Outcome, MainError> {
                     path: PathBuf::from("stdin"),
                     source,
                 })?;
-            let collected = capture(File::from(fd), proc, &config.crash, &opts);
-            sys::release_stdin();
-            collected
+            // The pipe stays open until we exit, even when the rest of the core is not read:
+            // the kernel holds the crashed process until then (core_pipe_limit), so the
+            // report reaches the host before anyone sees the process end.
+            capture(File::from(fd), proc, &config.crash, &opts)
         }
     };
     let mut report = collected.render(config.max_size);

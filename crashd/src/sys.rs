@@ -48,14 +48,6 @@ pub fn ensure_stdio() {
     }
 }
 
-/// Puts /dev/null on fd 0, closing the core pipe: the kernel stops writing the rest of the
-/// core (its write fails) instead of waiting for a reader that has what it needs.
-pub fn release_stdin() {
-    if let Ok(null) = OpenOptions::new().read(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdin(&null);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

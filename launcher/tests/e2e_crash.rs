@@ -82,6 +82,8 @@ fn guest_segfault_becomes_a_minidump_in_the_host_spool() {
     assert_eq!(meta["vm_id"], "e2e-crash");
     assert_eq!(meta["done"], "1");
     assert!(!meta.contains_key("partial"), "{meta:?}");
+    // The memory came from /proc/PID/mem while the kernel was still dumping.
+    assert_eq!(meta["memory_source"], "proc", "{meta:?}");
     let name = dmp.file_name().unwrap().to_str().unwrap();
     assert!(
         name.starts_with("sh.") && name.ends_with(&format!(".{}.dmp", meta["pid"])),
