@@ -3,7 +3,7 @@
 //! (a broken core gives a partial one, marked so in the metadata).
 #![no_main]
 
-use crash_collector::collect::{convert, CrashArgs, Options};
+use crash_collector::collect::{convert, CrashArgs, MemorySource, Options};
 use crash_collector::ProcSnapshot;
 use libfuzzer_sys::fuzz_target;
 
@@ -20,6 +20,12 @@ fuzz_target!(|data: &[u8]| {
         max_size: MAX_SIZE,
         // Paths in a fuzzed NT_FILE must not make the fuzzer read the machine's files.
         read_module_files: false,
+        // Both ways through the stream: stop when the memory is found, or read to the end.
+        memory_source: if data.len() % 2 == 0 {
+            MemorySource::Auto
+        } else {
+            MemorySource::Core
+        },
     };
     let report = convert(data, ProcSnapshot::default(), &args, &opts);
     assert_eq!(&report.minidump[..4], b"MDMP");
