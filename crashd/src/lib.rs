@@ -16,7 +16,9 @@
 //! - `minidump`: the minidump writer (container, streams, CPU context).
 //! - `collect`: core + /proc → minidump + metadata.
 //! - `report`, `spool`: the report on disk and the bounded guest spool.
-//! - `args`: the command line; `send` (feature `grpc`): the RPC to the host; `sys`: syscalls.
+//! - `args`: the command line; `send` (feature `grpc`): the RPC to the host; `deliver`
+//!   (feature `grpc`): spool first, then the new report; `log`: one line per event; `sys`:
+//!   syscalls.
 //!
 //! Without the `grpc` feature the crate builds without the gRPC C-core (the fuzz target).
 
@@ -24,7 +26,10 @@ pub mod args;
 pub mod build_id;
 pub mod collect;
 pub mod core_reader;
+#[cfg(feature = "grpc")]
+pub mod deliver;
 pub mod elf;
+pub mod log;
 pub mod memory;
 pub mod minidump;
 pub mod modules;
