@@ -99,6 +99,16 @@ fn maps_from_core(layout: &CoreLayout) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// An os-release for systems without one (the guest's initramfs has none): says only what
+/// is known, the kernel.
+fn os_release_fallback(kernel_release: &str) -> Vec<u8> {
+    let release = kernel_release.replace('"', "");
+    format!(
+        "NAME=\"Linux\"\nID=linux\nVERSION_ID=\"{release}\"\nPRETTY_NAME=\"Linux {release} (no os-release file)\"\n"
+    )
+    .into_bytes()
+}
+
 /// A minimal /proc/PID/status from NT_PRPSINFO, for when /proc is gone.
 fn status_from_core(layout: &CoreLayout) -> Vec<u8> {
     layout.notes.process.as_ref().map_or_else(Vec::new, |p| {
@@ -117,7 +127,9 @@ fn text_streams(layout: &CoreLayout, proc: &ProcSnapshot) -> TextStreams {
     TextStreams {
         cpuinfo: proc.cpuinfo.clone().unwrap_or_default(),
         status: or(&proc.status, &|| status_from_core(layout)),
-        lsb_release: proc.os_release.clone().unwrap_or_default(),
+        lsb_release: or(&proc.os_release, &|| {
+            os_release_fallback(&proc.kernel.release)
+        }),
         cmdline: or(&proc.cmdline, &|| {
             layout
                 .notes
@@ -549,6 +561,24 @@ mod tests {
         assert_eq!(report.metadata[keys::PARTIAL], "yes");
         assert_eq!(report.metadata[keys::SIGNAL], "6");
         assert!(report.metadata[keys::PROBLEMS].contains("ELF header"));
+    }
+
+    #[test]
+    fn text_streams_without_os_release_say_only_the_kernel() {
+        let proc = ProcSnapshot {
+            kernel: crate::proc_info::KernelInfo {
+                release: "6.1.192".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = text_streams(&CoreLayout::default(), &proc);
+        let lsb = String::from_utf8(text.lsb_release).unwrap();
+        assert!(lsb.contains("ID=linux\n"), "{lsb}");
+        assert!(
+            lsb.contains("PRETTY_NAME=\"Linux 6.1.192 (no os-release file)\""),
+            "{lsb}"
+        );
     }
 
     #[test]

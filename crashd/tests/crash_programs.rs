@@ -100,9 +100,11 @@ fn check_minidump(dmp: &Path, crash: &GdbCrash, crash_in_binary: bool) -> Checke
     assert!(modules.iter().any(|m| m.code_file().contains("libc.so")));
     let maps: MinidumpLinuxMaps = dump.get_stream().unwrap();
     assert!(maps.iter().count() > 5);
+    // LinuxCpuInfo, LinuxProcStatus, LinuxLsbRelease, LinuxCmdLine, LinuxEnviron, LinuxAuxv.
     for stream in [
         0x4767_0003u32,
         0x4767_0004,
+        0x4767_0005,
         0x4767_0006,
         0x4767_0007,
         0x4767_0008,

@@ -109,6 +109,12 @@ fn guest_segfault_becomes_a_minidump_in_the_host_spool() {
     let modules: MinidumpModuleList = dump.get_stream().unwrap();
     let main = modules.main_module().expect("a module list");
     assert_eq!(main.code_file(), "/bin/busybox");
+    // The initramfs has no os-release: the stream still names the (guest) kernel.
+    let lsb = dump.get_raw_stream(0x4767_0005).expect("LinuxLsbRelease");
+    assert!(
+        String::from_utf8_lossy(lsb).contains("PRETTY_NAME=\"Linux 6.1"),
+        "{lsb:?}"
+    );
 }
 
 #[test]
