@@ -122,6 +122,39 @@ fn host_down_spools_then_next_run_sends_spooled_report_first() {
 }
 
 #[test]
+fn report_over_the_hosts_4_mib_limit_is_rendered_again_under_it() {
+    // 72 threads waiting under 128 KiB frames: 64 KiB of stack each, 4.5 MiB in all.
+    let crash = GdbCrash::run_with("segv", 72, &[("CRASHME_DEEP", "1")]);
+    let dir = crash.dir.path().to_path_buf();
+    let token = Token::generate().unwrap();
+    std::fs::write(
+        dir.join("cmdline"),
+        format!(
+            "maitred.token={} maitred.host_port=7779 maitred.vm_id=vm3",
+            token.to_hex()
+        ),
+    )
+    .unwrap();
+    let (server, reports) = start_host(&dir.join("host.sock"), &token);
+    let out = collect(&dir, &crash.core, &crash.pid.to_string(), "1700000000");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let report = reports
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a report");
+    let size = report.get_minidump().len();
+    assert!(size > 3 << 20 && size < 4 << 20, "{size} bytes");
+    assert_eq!(report.get_metadata()["size_capped"], "yes");
+    assert_eq!(report.get_metadata()["vm_id"], "vm3");
+    assert_eq!(report.get_metadata()["threads"], "72");
+    assert_eq!(
+        std::fs::read_dir(dir.join("spool")).map_or(0, |d| d.count()),
+        0
+    );
+    server.shutdown();
+    crash.finish();
+}
+
+#[test]
 fn wrong_token_is_refused_and_the_report_kept() {
     let crash = GdbCrash::run("segv", 1);
     let dir = crash.dir.path().to_path_buf();

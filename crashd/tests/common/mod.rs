@@ -86,6 +86,11 @@ impl GdbCrash {
     /// Runs `crashme HOW THREADS` under gdb; returns once gdb stopped it at the signal and
     /// wrote the core. gdb then waits until [`GdbCrash::finish`] (or drop) lets it go.
     pub fn run(how: &str, threads: u32) -> GdbCrash {
+        GdbCrash::run_with(how, threads, &[])
+    }
+
+    /// [`GdbCrash::run`] with extra environment for the program.
+    pub fn run_with(how: &str, threads: u32, env: &[(&str, &str)]) -> GdbCrash {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let core = dir.path().join("core");
@@ -105,6 +110,7 @@ impl GdbCrash {
             .arg(crashme())
             .args([how, &threads.to_string()])
             .env("CRASHME_TID_FILE", dir.path().join("tid"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

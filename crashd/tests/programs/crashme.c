@@ -3,7 +3,8 @@
  * benchmark's live process). THREADS-1 extra threads start; with THREADS > 1 the last one
  * crashes, the others wait in pause(). HOG_MIB MiB are allocated and touched first.
  * $CRASHME_TID_FILE, if set, receives the crashing thread's id; the program prints "ready"
- * once every thread is up. */
+ * once every thread is up. With $CRASHME_DEEP set, the waiting threads wait below a 128 KiB
+ * stack frame (big stacks for the size-limit tests). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -38,9 +39,16 @@ __attribute__((noinline)) void crash_here(void) {
     for (;;) pause();
 }
 
+__attribute__((noinline)) static void wait_deep(void) {
+    volatile char frame[128 << 10];
+    for (size_t i = 0; i < sizeof frame; i += 512) frame[i] = (char)i;
+    for (;;) pause();
+}
+
 static void *idle_thread(void *arg) {
     (void)arg;
     pthread_barrier_wait(&ready);
+    if (getenv("CRASHME_DEEP") != NULL) wait_deep();
     for (;;) pause();
     return NULL;
 }
