@@ -63,5 +63,7 @@ need_vm_deps() {
 # What the crash_collector tests need besides gcc and gdb: minidump-stackwalk reads the
 # minidumps they write.
 need_crash_test_deps() {
+    # The crash tests build a C program and catch its crash under gdb (gcore, readelf).
+    apt_need gcc gdb binutils
     cargo_need minidump-stackwalk minidump-stackwalk
 }

@@ -148,5 +148,56 @@ fn container_logger_reaches_the_host_tagged_with_the_vm_id() {
 }
 
 #[test]
-#[ignore = "pending issue 7 (crash_collector): a segfault in a container becomes a minidump on the host"]
-fn container_segfault_becomes_a_minidump() {}
+fn container_segfault_becomes_a_minidump_on_the_host() {
+    let runtime = tempfile::tempdir().unwrap();
+    let spool = runtime.path().join("spool");
+    let rootfs = runtime.path().join("rootfs");
+    busybox_root(&rootfs);
+    let (rootfs, spool_arg) = (
+        rootfs.to_str().unwrap().to_string(),
+        spool.to_str().unwrap().to_string(),
+    );
+    let args = [
+        "--name",
+        "ctr-crash",
+        "--crash-spool",
+        &spool_arg,
+        "--container",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        "kill -SEGV $$",
+    ];
+    let out = vm_cmd(runtime.path(), "run", &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 11), "{}", show(&out));
+    // The report is sent before the application's exit is; still, allow for the spool write.
+    let dir = spool.join("ctr-crash");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let dump = loop {
+        let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "dmp"))
+        });
+        if let Some(path) = found.filter(|p| p.with_extension("meta").exists()) {
+            break path;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no minidump in {}: {}",
+            dir.display(),
+            show(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let minidump =
+        minidump::Minidump::read_path(&dump).unwrap_or_else(|e| panic!("{}: {e}", dump.display()));
+    let exception: minidump::MinidumpException = minidump.get_stream().unwrap();
+    assert_eq!(exception.raw.exception_record.exception_code, 11, "SIGSEGV");
+    let meta = std::fs::read_to_string(dump.with_extension("meta")).unwrap();
+    assert!(
+        meta.contains("vm_id=ctr-crash") && meta.ends_with("done=1\n"),
+        "{meta}"
+    );
+}

@@ -16,6 +16,9 @@ use crate::auth::{Token, TokenChecker};
 use crate::listener::{Listener, Peer};
 use crate::sys;
 
+/// The largest request a server accepts.
+pub const MAX_MESSAGE_BYTES: i32 = 16 << 20;
+
 /// Decides whether a connecting peer may talk to this server at all.
 pub type PeerFilter = Arc<dyn Fn(&Peer) -> bool + Send + Sync>;
 
@@ -76,7 +79,13 @@ impl GrpcServer {
         listeners: Vec<Listener>,
         filter: PeerFilter,
     ) -> Result<GrpcServer, ServerError> {
-        let mut builder = ServerBuilder::new(env).add_checker(TokenChecker::new(token));
+        // Crash reports carry minidumps of up to 8 MiB; gRPC's default limit is 4 MiB.
+        let args = grpcio::ChannelBuilder::new(env.clone())
+            .max_receive_message_len(MAX_MESSAGE_BYTES)
+            .build_args();
+        let mut builder = ServerBuilder::new(env)
+            .channel_args(args)
+            .add_checker(TokenChecker::new(token));
         for service in services {
             builder = builder.register_service(service);
         }
