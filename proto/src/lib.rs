@@ -16,6 +16,7 @@ pub mod listener;
 #[cfg(feature = "grpc")]
 pub mod server;
 mod sys;
+pub mod time;
 pub mod transport;
 
 pub use address::{Address, AddressError};

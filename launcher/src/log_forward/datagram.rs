@@ -43,9 +43,9 @@ pub fn send_lines(socket: BorrowedFd<'_>, lines: &[&[u8]]) -> io::Result<usize> 
             }
         })
         .collect();
-    // SAFETY: `headers` holds `headers.len()` initialised mmsghdrs, each pointing at one
-    // iovec in `iovecs`, which points into a line of `lines`; all of them outlive the call,
-    // and the kernel only reads them (and writes msg_len into `headers`).
+    // `headers` holds `headers.len()` initialised mmsghdrs, each pointing at one iovec in
+    // `iovecs`, which points into a line of `lines`; all of them outlive the call.
+    // SAFETY: the kernel only reads those (and writes msg_len into `headers`).
     let sent = unsafe {
         libc::sendmmsg(
             socket.as_raw_fd(),

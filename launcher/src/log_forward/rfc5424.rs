@@ -43,18 +43,7 @@ pub fn severity_number(severity: LogSeverity) -> u8 {
     }
 }
 
-/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
+use vm_proto::time::civil_from_days;
 
 /// `YYYY-MM-DDThh:mm:ss.uuuuuuZ`, or `-` outside years 0–9999 or without a time.
 pub fn timestamp(record: &LogRecord) -> String {
