@@ -80,23 +80,7 @@ pub fn stamp(unix: i64) -> String {
 
 /// Keeps a guest-chosen name to a safe file-name alphabet.
 pub fn safe_name(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.');
-    if cleaned.is_empty() {
-        "unknown".into()
-    } else {
-        cleaned.to_string()
-    }
+    vm_proto::time::spool_name_part(text, "unknown")
 }
 
 impl CrashReportData {

@@ -143,6 +143,12 @@ fn prepare_container(args: &mut RunArgs) -> Result<Option<Container>, String> {
     }))
 }
 
+/// Options from the command line, then a booted VM; a failure is reported on stderr.
+fn boot(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<RunningVm, ExitCode> {
+    let opts = options(args, logs, console_to_stdout).map_err(fail)?;
+    RunningVm::boot(opts).map_err(fail)
+}
+
 pub fn run(mut args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let app = args.app.clone();
@@ -151,13 +157,9 @@ pub fn run(mut args: RunArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let logs = args.log_dest.clone().unwrap_or(LogSink::Terminal);
-    let opts = match options(args, logs, true) {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
-    let mut vm = match RunningVm::boot(opts) {
+    let mut vm = match boot(args, logs, true) {
         Ok(vm) => vm,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let mut req = LaunchProcessRequest::new();
     req.set_argv(app.clone().into());
@@ -273,13 +275,9 @@ fn redirect_output(path: &std::path::Path) {
 fn serve_detached(args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
-    let opts = match options(args, logs, false) {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
-    let mut vm = match RunningVm::boot(opts) {
+    let mut vm = match boot(args, logs, false) {
         Ok(vm) => vm,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready {}", vm.id());

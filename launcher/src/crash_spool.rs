@@ -25,23 +25,7 @@ impl fmt::Display for SpoolError {
 
 /// Keeps names to a safe file-name alphabet; a guest chooses these strings.
 fn safe_name(text: &str, fallback: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').to_string();
-    if cleaned.is_empty() {
-        fallback.to_string()
-    } else {
-        cleaned
-    }
+    vm_proto::time::spool_name_part(text, fallback)
 }
 
 /// `YYYYMMDD.HHMMSS` (UTC) of a Unix time.

@@ -1,5 +1,6 @@
-//! UTC calendar arithmetic shared by host and guest: log timestamps (RFC 5424) and crash
-//! spool file names (`YYYYMMDD.HHMMSS`), without a time-zone database.
+//! UTC calendar arithmetic and crash-spool naming shared by host and guest: log timestamps
+//! (RFC 5424) and spool file names (`<exe>.YYYYMMDD.HHMMSS.<pid>`), without a time-zone
+//! database.
 
 /// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -26,6 +27,23 @@ pub fn spool_stamp(unix: i64) -> String {
     )
 }
 
+/// A guest-chosen string made safe as one file-name component: at most 64 characters of
+/// `A-Z a-z 0-9 . _ -` (others become `_`), no leading dot; `fallback` if nothing is left.
+pub fn spool_name_part(text: &str, fallback: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .take(64)
+        .map(|c| match c.is_ascii_alphanumeric() || "._-".contains(c) {
+            true => c,
+            false => '_',
+        })
+        .collect();
+    match cleaned.trim_start_matches('.') {
+        "" => fallback.to_string(),
+        rest => rest.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +54,14 @@ mod tests {
         assert_eq!(spool_stamp(1_795_000_000), "20261118.110640");
         assert_eq!(spool_stamp(951_782_400), "20000229.000000");
         assert_eq!(spool_stamp(-1), "19691231.235959");
+    }
+
+    #[test]
+    fn spool_name_part_keeps_one_safe_component() {
+        assert_eq!(spool_name_part("../../evil/app", "x"), "_.._evil_app");
+        assert_eq!(spool_name_part("...", "unknown"), "unknown");
+        assert_eq!(spool_name_part("a b\n", "x"), "a_b_");
+        assert_eq!(spool_name_part(&"y".repeat(100), "x").len(), 64);
     }
 
     #[test]
