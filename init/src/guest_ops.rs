@@ -1,38 +1,53 @@
 //! Mount and SetTime: thin, validated wrappers over mount(2) and clock_settime(2).
 
-use grpcio::{RpcStatus, RpcStatusCode};
 use nix::mount::MsFlags;
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use vm_proto::protos::guest::{MountRequest, MountResponse, SetTimeRequest};
 
-/// Mount: the raw mount(2); its errno goes back in the response, not as an RPC error.
-pub fn mount(req: &MountRequest) -> Result<MountResponse, RpcStatus> {
+/// A validated Mount request: what mount(2) gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountArgs {
+    source: Option<String>,
+    target: String,
+    fstype: Option<String>,
+    flags: MsFlags,
+    options: Option<String>,
+}
+
+/// Checks a Mount request without touching anything.
+pub fn validate_mount(req: &MountRequest) -> Result<MountArgs, String> {
     if req.get_target().is_empty() {
-        return Err(RpcStatus::with_message(
-            RpcStatusCode::INVALID_ARGUMENT,
-            "target is empty".to_string(),
-        ));
+        return Err("target is empty".to_string());
     }
     let Some(flags) = MsFlags::from_bits(req.get_mountflags()) else {
-        return Err(RpcStatus::with_message(
-            RpcStatusCode::INVALID_ARGUMENT,
-            format!("unknown mount flags {:#x}", req.get_mountflags()),
-        ));
+        return Err(format!("unknown mount flags {:#x}", req.get_mountflags()));
     };
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let result = nix::mount::mount(
-        opt(req.get_source()).as_deref(),
-        req.get_target(),
-        opt(req.get_fstype()).as_deref(),
+    Ok(MountArgs {
+        source: opt(req.get_source()),
+        target: req.get_target().to_string(),
+        fstype: opt(req.get_fstype()),
         flags,
-        opt(req.get_options()).as_deref(),
+        options: opt(req.get_options()),
+    })
+}
+
+/// Mount: the raw mount(2); its errno goes back in the response, not as an RPC error.
+/// It may block (a slow device, a network filesystem): never call it on a gRPC thread.
+pub fn mount(args: &MountArgs) -> MountResponse {
+    let result = nix::mount::mount(
+        args.source.as_deref(),
+        args.target.as_str(),
+        args.fstype.as_deref(),
+        args.flags,
+        args.options.as_deref(),
     );
     let mut resp = MountResponse::new();
     if let Err(errno) = result {
         resp.set_error(errno as i32);
     }
-    Ok(resp)
+    resp
 }
 
 pub fn validate_time(req: &SetTimeRequest) -> Result<TimeSpec, String> {
@@ -86,11 +101,18 @@ mod tests {
     }
 
     #[test]
-    fn mount_rejects_unknown_flags_and_empty_target() {
+    fn validate_mount_rejects_unknown_flags_and_empty_target() {
         let mut req = MountRequest::new();
-        assert!(mount(&req).is_err());
+        assert_eq!(validate_mount(&req).unwrap_err(), "target is empty");
         req.set_target("/x".into());
         req.set_mountflags(1 << 62);
-        assert!(mount(&req).is_err());
+        assert!(validate_mount(&req)
+            .unwrap_err()
+            .contains("unknown mount flags"));
+        req.set_mountflags(MsFlags::MS_RDONLY.bits());
+        req.set_fstype("tmpfs".into());
+        let args = validate_mount(&req).unwrap();
+        assert_eq!(args.flags, MsFlags::MS_RDONLY);
+        assert_eq!((args.source, args.fstype.as_deref()), (None, Some("tmpfs")));
     }
 }

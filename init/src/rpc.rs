@@ -101,8 +101,26 @@ impl Maitred for MaitredService {
     }
 
     fn mount(&mut self, ctx: RpcContext, req: MountRequest, sink: UnarySink<MountResponse>) {
-        let result = crate::guest_ops::mount(&req);
-        reply(&ctx, sink, result);
+        let args = match crate::guest_ops::validate_mount(&req) {
+            Err(message) => Err(status(RpcStatusCode::INVALID_ARGUMENT, message)),
+            Ok(_) if !self.ctx.pid1 => Err(status(
+                RpcStatusCode::FAILED_PRECONDITION,
+                "not the VM's init: refusing to mount on this machine",
+            )),
+            Ok(args) => Ok(args),
+        };
+        let args = match args {
+            Ok(args) => args,
+            Err(refused) => return reply(&ctx, sink, Err(refused)),
+        };
+        // mount(2) can block for long (a slow device, a network filesystem).
+        let worker = std::thread::Builder::new()
+            .name("mount".into())
+            .spawn(move || reply_blocking(sink, Ok(crate::guest_ops::mount(&args))));
+        if let Err(e) = worker {
+            // The sink went with the closure: the call ends as CANCELLED for the host.
+            warn!("cannot start a thread for Mount: {e}");
+        }
     }
 
     fn set_time(&mut self, ctx: RpcContext, req: SetTimeRequest, sink: UnarySink<EmptyMessage>) {

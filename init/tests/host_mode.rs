@@ -337,16 +337,33 @@ fn host_only_rpcs_validate_then_refuse_outside_a_vm() {
         Some(RpcStatusCode::FAILED_PRECONDITION)
     );
 
-    // Mount is raw mount(2): a bad mount comes back as its errno.
-    let mut m = MountRequest::new();
-    m.set_source("none".into());
-    m.set_target(guest.path("no-such-dir").to_str().unwrap().into());
-    m.set_fstype("tmpfs".into());
-    let r = guest
-        .conn
-        .call(TIMEOUT, |ch, o| MaitredClient::new(ch).mount_opt(&m, o))
-        .unwrap();
-    assert_eq!(r.get_error(), libc::ENOENT);
+    // Mount: validated first, then refused; nothing is mounted on this machine.
+    let mount = |target: &Path| {
+        let mut m = MountRequest::new();
+        m.set_source("none".into());
+        m.set_target(target.to_str().unwrap().into());
+        m.set_fstype("tmpfs".into());
+        guest
+            .conn
+            .call(TIMEOUT, |ch, o| MaitredClient::new(ch).mount_opt(&m, o))
+    };
+    assert_eq!(
+        mount(Path::new("")).unwrap_err().code(),
+        Some(RpcStatusCode::INVALID_ARGUMENT)
+    );
+    let target = guest.path("m");
+    std::fs::create_dir(&target).unwrap();
+    let refused = mount(&target).unwrap_err();
+    assert_eq!(refused.code(), Some(RpcStatusCode::FAILED_PRECONDITION));
+    assert!(
+        refused.to_string().contains("refusing to mount"),
+        "{refused}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(target.to_str().unwrap()),
+        "mounted in host mode:\n{mounts}"
+    );
 }
 
 #[test]
