@@ -1,9 +1,17 @@
 //! Listening on an [`Address`] and accepting connections with the peer's identity, so a
 //! server can refuse a peer that is not the VM it serves.
+//!
+//! Stopping: `shutdown(2)` does not wake a thread blocked in `accept` on an AF_VSOCK
+//! listener (it fails with ENOTCONN), so nothing here blocks in `accept`. The listening
+//! socket is non-blocking and every accept first polls it together with an eventfd; raising
+//! that eventfd ([`Listener::stop`] or a [`Waker`]) wakes every accepting thread on every
+//! transport, and each later accept returns at once.
 
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::address::{hybrid_host_path, Address};
 use crate::sys;
@@ -23,9 +31,21 @@ enum Socket {
     Vsock(vsock::VsockListener),
 }
 
+/// Stops a [`Listener`] from any thread: every thread in its `accept` returns, and so does
+/// every later call. Cheap to clone; stopping twice is harmless.
+#[derive(Clone, Debug)]
+pub struct Waker(Arc<OwnedFd>);
+
+impl Waker {
+    pub fn wake(&self) {
+        sys::eventfd_raise(self.0.as_fd());
+    }
+}
+
 pub struct Listener {
     socket: Socket,
     addr: Address,
+    stop: Waker,
 }
 
 impl Listener {
@@ -39,18 +59,24 @@ impl Listener {
         let bind_unix = |path: PathBuf| {
             remove_stale_socket(&path).map_err(bind_err)?;
             let listener = UnixListener::bind(&path).map_err(bind_err)?;
+            listener.set_nonblocking(true).map_err(bind_err)?;
             Ok::<_, TransportError>(Socket::Unix(listener, path))
         };
         let socket = match addr {
-            Address::Vsock { cid, port } => Socket::Vsock(
-                vsock::VsockListener::bind_with_cid_port(*cid, *port).map_err(bind_err)?,
-            ),
+            Address::Vsock { cid, port } => {
+                let listener =
+                    vsock::VsockListener::bind_with_cid_port(*cid, *port).map_err(bind_err)?;
+                listener.set_nonblocking(true).map_err(bind_err)?;
+                Socket::Vsock(listener)
+            }
             Address::Unix(path) => bind_unix(path.clone())?,
             Address::Hybrid { uds, port } => bind_unix(hybrid_host_path(uds, *port))?,
         };
+        let stop = Waker(Arc::new(sys::eventfd().map_err(bind_err)?));
         Ok(Listener {
             socket,
             addr: addr.clone(),
+            stop,
         })
     }
 
@@ -58,47 +84,96 @@ impl Listener {
         &self.addr
     }
 
-    /// Waits for a connection; returns it non-blocking, ready for grpcio.
+    /// A handle that stops this listener from another thread (see [`Listener::stop`]).
+    pub fn waker(&self) -> Waker {
+        self.stop.clone()
+    }
+
+    /// Wakes every thread waiting in [`accept`](Self::accept) or
+    /// [`accept_or_stop`](Self::accept_or_stop); later calls return at once. Works on
+    /// every transport, AF_VSOCK included.
+    pub fn stop(&self) {
+        self.stop.wake();
+    }
+
+    /// Waits, with no timeout, for a connection; returns it non-blocking, ready for grpcio.
+    /// Once the listener is stopped this returns an `Accept` error ("listener stopped"),
+    /// as a blocking accept on a shut-down socket would.
     pub fn accept(&self) -> Result<(OwnedFd, Peer), TransportError> {
+        self.accept_or_stop()?.ok_or_else(|| TransportError::Accept {
+            addr: self.addr.to_string(),
+            source: io::Error::other("listener stopped"),
+        })
+    }
+
+    /// Like [`accept`](Self::accept), but a stop is `Ok(None)` rather than an error: for
+    /// accept loops that end when their owner stops the listener.
+    pub fn accept_or_stop(&self) -> Result<Option<(OwnedFd, Peer)>, TransportError> {
         let accept_err = |source| TransportError::Accept {
             addr: self.addr.to_string(),
             source,
         };
-        let (fd, peer): (OwnedFd, Peer) = match &self.socket {
+        loop {
+            let (stopped, readable) =
+                sys::poll_readable(self.stop.0.as_fd(), self.socket_fd()).map_err(accept_err)?;
+            if stopped {
+                return Ok(None);
+            }
+            if !readable {
+                continue;
+            }
+            match self.try_accept() {
+                Ok(conn) => {
+                    set_nonblocking(&conn.0).map_err(accept_err)?;
+                    return Ok(Some(conn));
+                }
+                // Another thread took it, or the peer gave up before we got to it.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(accept_err(e)),
+            }
+        }
+    }
+
+    /// One non-blocking accept(2).
+    fn try_accept(&self) -> io::Result<(OwnedFd, Peer)> {
+        match &self.socket {
             Socket::Unix(listener, _) => {
-                let (stream, _) = listener.accept().map_err(accept_err)?;
+                let (stream, _) = listener.accept()?;
                 let cred = nix::sys::socket::getsockopt(
                     &stream,
                     nix::sys::socket::sockopt::PeerCredentials,
-                )
-                .map_err(|e| accept_err(e.into()))?;
+                )?;
                 let peer = Peer::Unix {
                     pid: cred.pid(),
                     uid: cred.uid(),
                     gid: cred.gid(),
                 };
-                (stream.into(), peer)
+                Ok((stream.into(), peer))
             }
             Socket::Vsock(listener) => {
-                let (stream, addr) = listener.accept().map_err(accept_err)?;
+                let (stream, addr) = listener.accept()?;
                 let peer = Peer::Vsock {
                     cid: addr.cid(),
                     port: addr.port(),
                 };
-                (sys::owned_fd(stream), peer)
+                Ok((sys::owned_fd(stream), peer))
             }
-        };
-        set_nonblocking(&fd).map_err(accept_err)?;
-        Ok((fd, peer))
+        }
     }
 
-    /// The listening socket, for waking a blocked `accept` with shutdown(2).
-    pub(crate) fn socket_fd(&self) -> BorrowedFd<'_> {
+    fn socket_fd(&self) -> BorrowedFd<'_> {
         match &self.socket {
             Socket::Unix(l, _) => l.as_fd(),
             Socket::Vsock(l) => l.as_fd(),
         }
     }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    )
 }
 
 impl Drop for Listener {

@@ -1,23 +1,28 @@
 //! A gRPC server fed by our own listeners: one blocking acceptor thread per listener hands
 //! each accepted socket (non-blocking, peer checked) to a running grpcio server. Every call
 //! must carry the access token ([`crate::auth::TokenChecker`]).
+//!
+//! Stopping is bounded: the acceptors wake through their listeners' eventfds (see
+//! [`crate::listener`]), and a gRPC shutdown that has not finished within
+//! [`SHUTDOWN_TIMEOUT`] is abandoned with one log line, so a teardown never hangs here.
 
 use std::fmt;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use grpcio::{Environment, Server, ServerBuilder, Service};
 
 use crate::address::Address;
 use crate::auth::{Token, TokenChecker};
 use crate::listener::{Listener, Peer};
-use crate::sys;
 
 /// The largest request a server accepts.
 pub const MAX_MESSAGE_BYTES: i32 = 16 << 20;
+/// How long [`GrpcServer::shutdown`] waits for grpcio before abandoning its server.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Decides whether a connecting peer may talk to this server at all.
 pub type PeerFilter = Arc<dyn Fn(&Peer) -> bool + Send + Sync>;
@@ -47,7 +52,6 @@ impl std::error::Error for ServerError {}
 struct Shared {
     server: Mutex<Server>,
     filter: PeerFilter,
-    stopping: AtomicBool,
     refused: AtomicU64,
 }
 
@@ -67,6 +71,7 @@ pub struct GrpcServer {
     shared: Arc<Shared>,
     listeners: Vec<Arc<Listener>>,
     acceptors: Vec<JoinHandle<()>>,
+    stopped: AtomicBool,
 }
 
 impl GrpcServer {
@@ -94,13 +99,13 @@ impl GrpcServer {
         let shared = Arc::new(Shared {
             server: Mutex::new(server),
             filter,
-            stopping: AtomicBool::new(false),
             refused: AtomicU64::new(0),
         });
         let mut this = GrpcServer {
             shared,
             listeners: Vec::new(),
             acceptors: Vec::new(),
+            stopped: AtomicBool::new(false),
         };
         for listener in listeners {
             let listener = Arc::new(listener);
@@ -131,25 +136,50 @@ impl GrpcServer {
         self.shared.refused.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting, then stops the gRPC server; in-flight calls are cancelled.
+    /// Stops accepting, then stops the gRPC server; in-flight calls are cancelled. Returns
+    /// within about [`SHUTDOWN_TIMEOUT`] whatever grpcio does.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
         for listener in &self.listeners {
-            sys::shutdown_listener(listener.socket_fd());
+            listener.stop();
         }
         for handle in self.acceptors.drain(..) {
             let _ = handle.join();
         }
+        let addresses = self.addresses();
         self.listeners.clear();
-        if let Ok(mut server) = self.shared.server.lock() {
-            server.cancel_all_calls();
-            let _ = futures_executor::block_on(server.shutdown());
+        let started = Instant::now();
+        if !shutdown_grpc(self.shared.clone(), SHUTDOWN_TIMEOUT) {
+            let on = addresses.iter().map(ToString::to_string).collect::<Vec<_>>();
+            eprintln!(
+                "the gRPC server on [{}] did not shut down within {:.1}s; abandoning it",
+                on.join(", "),
+                started.elapsed().as_secs_f64()
+            );
         }
     }
+}
+
+/// Cancels every call and shuts grpcio's server down on a thread of its own; false when
+/// that did not finish within `timeout` (the thread is then left to finish or not).
+fn shutdown_grpc(shared: Arc<Shared>, timeout: Duration) -> bool {
+    let (done, finished) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("grpc-shutdown".into())
+        .spawn(move || {
+            if let Ok(mut server) = shared.server.lock() {
+                server.cancel_all_calls();
+                let _ = futures_executor::block_on(server.shutdown());
+            }
+            let _ = done.send(());
+        });
+    spawned.is_ok() && finished.recv_timeout(timeout).is_ok()
 }
 
 impl Drop for GrpcServer {
@@ -159,10 +189,11 @@ impl Drop for GrpcServer {
 }
 
 fn accept_loop(shared: &Shared, listener: &Listener) {
-    while !shared.stopping.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((fd, peer)) if (shared.filter)(&peer) => shared.add_connection(fd),
-            Ok((_, peer)) => {
+    loop {
+        match listener.accept_or_stop() {
+            Ok(None) => break,
+            Ok(Some((fd, peer))) if (shared.filter)(&peer) => shared.add_connection(fd),
+            Ok(Some((_, peer))) => {
                 // A foreign peer can make us log: only at the 1st, 2nd, 4th, 8th… refusal.
                 let n = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
@@ -172,7 +203,6 @@ fn accept_loop(shared: &Shared, listener: &Listener) {
                     );
                 }
             }
-            Err(_) if shared.stopping.load(Ordering::SeqCst) => break,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 eprintln!("{e}");

@@ -1,6 +1,7 @@
 //! The few raw system calls this crate makes, each wrapped once.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 /// Fills `buf` from the kernel CSPRNG, blocking until it is seeded.
 pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
@@ -21,17 +22,56 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// `shutdown(2)` on a listening socket: wakes a thread blocked in `accept`.
-pub fn shutdown_listener(fd: std::os::fd::BorrowedFd<'_>) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: shutdown takes a file descriptor number only; `fd` is borrowed, so open.
-    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
-}
-
 /// Takes ownership of a socket from a type that only offers `IntoRawFd`.
-pub fn owned_fd(socket: impl std::os::fd::IntoRawFd) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
+pub fn owned_fd(socket: impl IntoRawFd) -> OwnedFd {
     let fd = socket.into_raw_fd();
     // SAFETY: `into_raw_fd` gave up ownership of an open descriptor; nothing else closes it.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A close-on-exec, non-blocking eventfd: a flag one thread raises and another polls.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd, is open, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes an eventfd readable (for good: nobody reads it back).
+pub fn eventfd_raise(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes the 8 bytes of `one`, a live local, to a descriptor `fd` keeps open.
+    // EAGAIN (the counter is full) still leaves it readable, which is all we need.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// Blocks until `a` or `b` is readable (or in error); returns which, as (a, b).
+pub fn poll_readable(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    let ready = |revents: libc::c_short| revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    let mut fds = [
+        libc::pollfd {
+            fd: a.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a live array of two pollfd whose descriptors the borrows keep open.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n >= 0 {
+            return Ok((ready(fds[0].revents), ready(fds[1].revents)));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
