@@ -13,7 +13,8 @@ The guest's init and Maitred service. As PID 1 it takes no flags. Run as an ordi
 process (tests, demos) it skips mounts, hostname, core_pattern and power-off, acts as a
 child subreaper, and Shutdown ends the process.
 
-  --listen ADDR    serve Maitred here (default vsock:-1:8888)
+  --listen ADDR    serve Maitred here (default vsock:-1:8888); process I/O streams are
+                   served on the same transport's port 8889 (a Unix PATH: PATH.exec)
   --cmdline FILE   read the kernel command line from FILE (default /proc/cmdline)
   --host ADDR      the host services (default vsock:2:<maitred.host_port>)
   --services DIR   boot service files (default /etc/maitred)
@@ -50,6 +51,11 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// Where process I/O streams are served: beside `listen` (see vm_proto::stream).
+    pub fn exec_listen(&self) -> Address {
+        vm_proto::stream::exec_address(&self.listen)
+    }
+
     pub fn defaults(pid1: bool) -> Config {
         Config {
             pid1,

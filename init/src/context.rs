@@ -1,6 +1,7 @@
 //! What every part of maitred shares: the reaper, the host link and the shutdown request.
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 
 use crossbeam_channel::Sender;
 
@@ -25,10 +26,20 @@ pub struct Context {
     /// Set once shutdown begins: nothing is respawned after that.
     pub stopping: AtomicBool,
     pub shutdown: Sender<Shutdown>,
+    /// The pid of the running application's container init, which `exec` enters.
+    pub app_container: Mutex<Option<i32>>,
 }
 
 impl Context {
     pub fn request_shutdown(&self, why: Shutdown) {
         let _ = self.shutdown.send(why);
+    }
+
+    pub fn app_container(&self) -> Option<i32> {
+        *self.app_container.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_app_container(&self, pid: Option<i32>) {
+        *self.app_container.lock().unwrap_or_else(|p| p.into_inner()) = pid;
     }
 }

@@ -112,7 +112,7 @@ fn read_bounded(mut pipe: std::fs::File) -> (Vec<u8>, bool) {
 }
 
 /// The VM's application ended: tell the host, then power off.
-fn application_ended(ctx: &Context, pid: i32, exit: Exit) {
+pub fn application_ended(ctx: &Context, pid: i32, exit: Exit) {
     info!("application (pid {pid}) ended: {exit:?}");
     if let Err(e) = ctx.host.application_exited(pid, exit) {
         error!("cannot tell the host the application's exit status: {e}");
@@ -153,10 +153,17 @@ pub fn launch(
     if !req.get_wait_for_exit() {
         if req.get_is_application() {
             let (ctx, exit_rx) = (ctx.clone(), spawned.exit);
+            let container = req.has_container();
+            if container {
+                ctx.set_app_container(Some(pid));
+            }
             std::thread::Builder::new()
                 .name("application".into())
                 .spawn(move || {
                     if let Ok(exit) = exit_rx.recv() {
+                        if container {
+                            ctx.set_app_container(None);
+                        }
                         application_ended(&ctx, pid, exit);
                     }
                 })

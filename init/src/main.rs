@@ -7,13 +7,20 @@
 //! - `launch`, `network`, `guest_ops`: the work behind each RPC; `rpc`: the gRPC service.
 //! - `host`: calls to the host (VmReady, ApplicationExited); `shutdown`: the orderly end.
 //! - `container`: LaunchProcess in a container (mount, checks); `container_init`: the
-//!   re-executed `maitred --container-init` that builds the namespaces and reaps inside.
+//!   re-executed `maitred --container-init` that builds the namespaces and reaps inside;
+//!   `container_enter`: `maitred --container-enter`, which runs `exec` inside it.
+//! - `exec_server`, `exec_session`, `exec_io`: process I/O streams (stdin, stdout, stderr,
+//!   terminal, signals, exit) on the exec port.
 //! - `sys`: the raw system calls, each with its safety argument.
 
 mod config;
 mod container;
+mod container_enter;
 mod container_init;
 mod context;
+mod exec_io;
+mod exec_server;
+mod exec_session;
 mod guest_ops;
 mod host;
 mod launch;
@@ -45,6 +52,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !pid1 && args.first().map(String::as_str) == Some(container_init::FLAG) {
         container_init::main(&args[1..]);
+    }
+    if !pid1 && args.first().map(String::as_str) == Some(container_enter::FLAG) {
+        container_enter::main(&args[1..]);
     }
     match Config::from_args(pid1, &args) {
         Ok(config) => run(config),
@@ -124,6 +134,7 @@ fn run(config: Config) {
         vm_id: params.vm_id.clone(),
         stopping: AtomicBool::new(false),
         shutdown: shutdown_tx,
+        app_container: std::sync::Mutex::new(None),
     });
 
     let signal_ctx = ctx.clone();
@@ -142,6 +153,19 @@ fn run(config: Config) {
         Peer::Vsock { cid, .. } => *cid == HOST_CID,
         Peer::Unix { .. } => true,
     });
+    let exec_listener =
+        Listener::bind(&config.exec_listen()).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    if let Err(e) = exec_server::start(
+        ctx.clone(),
+        exec_listener,
+        params.token.clone(),
+        host_only.clone(),
+    ) {
+        fatal(
+            pid1,
+            &format!("cannot start the process stream service: {e}"),
+        );
+    }
     let server = GrpcServer::start(
         env,
         vec![create_maitred(rpc::MaitredService::new(ctx.clone()))],

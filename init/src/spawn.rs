@@ -246,8 +246,19 @@ fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnE
 
 /// Starts `spec` and registers it with `reaper` before it can be reaped.
 pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
-    let prepared = prepare(spec)?;
     let (stdio, output) = open_stdio(spec.stdio)?;
+    let (pid, exit) = spawn_with(reaper, spec, stdio)?;
+    Ok(Spawned { pid, exit, output })
+}
+
+/// Starts `spec` with `stdio` as its fds 0-2 (`spec.stdio` is not used); returns its pid
+/// and where its exit status will arrive.
+pub fn spawn_with(
+    reaper: &Reaper,
+    spec: &ProcessSpec,
+    stdio: ChildStdio,
+) -> Result<(i32, Receiver<Exit>), SpawnError> {
+    let prepared = prepare(spec)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| SpawnError::Setup {
             what: "pipe2",
@@ -269,7 +280,7 @@ pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError>
     let mut report = [0u8; 4];
     let mut err_r = File::from(err_r);
     match read_full(&mut err_r, &mut report) {
-        Ok(0) => Ok(Spawned { pid, exit, output }),
+        Ok(0) => Ok((pid, exit)),
         Ok(_) => Err(SpawnError::Exec {
             program: spec.argv[0].clone(),
             errno: Errno::from_raw(i32::from_ne_bytes(report)),

@@ -236,3 +236,81 @@ pub fn die_by_signal(signal: i32) -> ! {
     }
     std::process::exit(128 + signal)
 }
+
+/// Sets O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
+}
+
+/// A new pseudo-terminal of `size`: (master, slave), both close-on-exec.
+pub fn open_pty(size: vm_proto::stream::WindowSize) -> Result<(OwnedFd, OwnedFd), Errno> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    // ptsname_r: the thread-safe form (other threads may open terminals at the same time).
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&name)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .into();
+    let master = OwnedFd::from(master);
+    set_window_size(&master, size)?;
+    Ok((master, slave))
+}
+
+/// TIOCSWINSZ: the kernel sends SIGWINCH to the terminal's foreground process group.
+pub fn set_window_size(tty: &OwnedFd, size: vm_proto::stream::WindowSize) -> Result<(), Errno> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which points at a live local.
+    Errno::result(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
+}
+
+/// Waits until `fd` has `events` or `stop` is readable. Returns (fd ready, stop readable).
+pub fn wait_or_stop(
+    fd: std::os::fd::BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    stop: std::os::fd::BorrowedFd<'_>,
+) -> Result<(bool, bool), Errno> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [
+        PollFd::new(fd, events),
+        PollFd::new(stop, PollFlags::POLLIN),
+    ];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let any = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+    Ok((any(&fds[0]), any(&fds[1])))
+}
+
+/// In a freshly forked child whose stdin is a terminal: become a process group of our own
+/// and that terminal's foreground group, so the terminal's signals (Ctrl-C, Ctrl-Z, Ctrl-\)
+/// reach us and not the process that forked us (which would forward them a second time).
+pub fn take_terminal_foreground() {
+    // SAFETY: setpgid/isatty/signal/tcsetpgrp take plain integers; SIGTTOU is ignored only
+    // around tcsetpgrp (a background group may not otherwise take the terminal) and reset.
+    unsafe {
+        libc::setpgid(0, 0);
+        if libc::isatty(0) == 1 {
+            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(0, libc::getpid());
+            libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! vm_launcher's command line: `run`, `start`, `stop`, `list`, each with `--help`.
+//! vm_launcher's command line: `run`, `start`, `exec`, `shell`, `stop`, `list`, each with
+//! `--help`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,23 +12,34 @@ pub const USAGE: &str = "\
 usage: vm_launcher <command> [options]
 
 commands:
-  run    boot a VM, run an application in it, stream its output, exit with its code
+  run    boot a VM, run an application in it as if it ran here (stdin, stdout, stderr,
+         terminal, signals, exit code), then stop the VM
   start  boot a VM in the background and print its id
+  exec   run a command in a started VM: exec [-t|-T] [-e K=V]... [-w DIR] [--vm] ID -- CMD...
+  shell  an interactive shell in a started VM: shell ID (exec -t ID -- /bin/sh)
   stop   stop a VM started with `start`: stop ID | stop --all
-  list   list running VMs (id, cid, pid, guest ip, host port)
+  list   list running VMs (id, cid, pid, guest ip, host port); list --json for scripts
 
 `vm_launcher <command> --help` describes each command.";
 
 pub const RUN_USAGE: &str = "\
 usage: vm_launcher run [options] -- APP [ARGS...]
-       vm_launcher start [options]
+       vm_launcher start [options] [-- APP [ARGS...]]
+
+The application's stdin, stdout and stderr are this command's, byte for byte (over vsock,
+not the serial console). It gets a terminal when stdin is one (or with -t).
+  -t, --tty              give the application a terminal (raw mode here, window size sent)
+  -T, --no-tty           never a terminal, even when stdin is one
+  --console              copy the guest's serial console (kernel, maitred) to stderr
 
   --kernel PATH          guest kernel (bzImage)
   --initrd PATH          initramfs
   --rootfs PATH          raw disk image for the root filesystem (read-only)
   --rootfs-rw            attach the rootfs read-write
   --container ROOTFS     run APP in a container whose root is ROOTFS: an ext4 image, or a
-                         directory (turned into an image with mke2fs -d); read-only
+                         directory (turned into an image with mke2fs -d); read-only.
+                         With start, APP is the container's main process and `exec`
+                         enters the container
   --container-rw         the container's root is writable
   --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
                          host-mode maitred as a child process (tests and demos)
@@ -43,14 +55,38 @@ usage: vm_launcher run [options] -- APP [ARGS...]
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
   --crash-keep N         crash reports kept per VM in the spool, newest first (default 10)
-  --log-dest DEST        guest logs: terminal (run's default; kernel records only from
-                         warning up), syslog (the host's /dev/log, start's default),
-                         unix:PATH (a syslog socket), file:PATH (RFC 5424 lines) or none
+  --log-dest DEST        guest logs: syslog (the host's /dev/log; the default when it
+                         exists, else none), terminal (stderr; kernel records only from
+                         warning up), unix:PATH (a syslog socket), file:PATH (RFC 5424
+                         lines) or none
   --maitred PATH         host-mode maitred for --hypervisor process (default: beside vm_launcher)
   --vhost-device-vsock PATH  the vhost-user vsock back-end (default: from PATH)
 
-Exit status of run: the application's exit code, 128+N if a signal N killed it,
-125 if the VM could not be started or stopped before the application ended.";
+Without a terminal, SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to the application;
+a second SIGINT within 3 s, or SIGTERM unanswered for 10 s, stops the VM.
+
+Exit status of run: the application's exit code, 128+N if a signal N killed it, 127 if it
+was not found, 126 if it could not run, 125 if the VM could not be started or stopped
+before the application ended.";
+
+pub const EXEC_USAGE: &str = "\
+usage: vm_launcher exec [options] ID -- CMD [ARGS...]
+       vm_launcher shell [--runtime-dir DIR] ID          (exec -t ID -- /bin/sh)
+
+Runs CMD in the VM ID (started with `start`) with this command's stdin, stdout, stderr,
+terminal and signals, and exits with its status, like `run`. When the VM's application
+runs in a container, CMD runs inside that container (like `docker exec`). Only the user
+who started the VM, or root, may exec into it.
+
+  -t, --tty              give CMD a terminal (default: when stdin is one)
+  -T, --no-tty           never a terminal
+  -e, --env K=V          set an environment variable (repeatable)
+  -w, --workdir DIR      working directory (default /)
+  --vm                   run in the VM itself, not in the application's container
+  --runtime-dir DIR      where the VM's launcher keeps its state (as for start)
+
+Exit status: CMD's exit code, 128+N if signal N killed it, 127 not found, 126 not
+runnable, 125 if the VM could not run it to its end.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HypervisorName {
@@ -84,6 +120,22 @@ pub struct RunArgs {
     pub maitred: Option<PathBuf>,
     pub vhost_device_vsock: PathBuf,
     pub app: Vec<String>,
+    /// Some(true): -t; Some(false): -T; None: a terminal when stdin is one.
+    pub tty: Option<bool>,
+    /// Copy the serial console to stderr.
+    pub console: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecArgs {
+    pub id: String,
+    pub tty: Option<bool>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    /// Run in the VM, not in the application's container.
+    pub in_vm: bool,
+    pub argv: Vec<String>,
+    pub runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +143,7 @@ pub enum Cli {
     Help(&'static str),
     Run(RunArgs),
     Start(RunArgs),
+    Exec(ExecArgs),
     Stop {
         ids: Vec<String>,
         all: bool,
@@ -98,6 +151,7 @@ pub enum Cli {
     },
     List {
         runtime_dir: Option<PathBuf>,
+        json: bool,
     },
 }
 
@@ -139,6 +193,8 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         maitred: None,
         vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
         app: Vec::new(),
+        tty: None,
+        console: false,
     };
     let mut rootfs_rw = false;
     let mut it = args.iter();
@@ -146,9 +202,21 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         let flag = flag.as_str();
         match flag {
             "--help" | "-h" => return Ok(Cli::Help(RUN_USAGE)),
-            "--" if allow_app => {
+            "--" => {
                 run.app = it.by_ref().cloned().collect();
                 break;
+            }
+            "-t" | "--tty" => {
+                run.tty = Some(true);
+                continue;
+            }
+            "-T" | "--no-tty" => {
+                run.tty = Some(false);
+                continue;
+            }
+            "--console" => {
+                run.console = true;
+                continue;
             }
             "--rootfs-rw" => {
                 rootfs_rw = true;
@@ -238,9 +306,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--container and --rootfs both want the VM's disk; use one".into(),
         ));
     }
-    if run.container.is_some() && !allow_app {
+    if run.container.is_some() && run.app.is_empty() {
         return Err(CliError(
-            "--container goes with run: it is where the application runs".into(),
+            "--container needs an application after --: it is what runs in the container".into(),
         ));
     }
     if run.net && run.hypervisor == HypervisorName::Process {
@@ -259,6 +327,60 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     } else {
         Ok(Cli::Start(run))
     }
+}
+
+fn parse_exec(args: &[String], shell: bool) -> Result<Cli, CliError> {
+    let mut exec = ExecArgs {
+        id: String::new(),
+        tty: shell.then_some(true),
+        env: Vec::new(),
+        workdir: None,
+        in_vm: false,
+        argv: Vec::new(),
+        runtime_dir: None,
+    };
+    let mut id = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let flag = arg.as_str();
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| CliError(format!("{flag} needs a value")))
+        };
+        match flag {
+            "--help" | "-h" => return Ok(Cli::Help(EXEC_USAGE)),
+            "--" if !shell => {
+                exec.argv = it.by_ref().cloned().collect();
+                break;
+            }
+            "-t" | "--tty" if !shell => exec.tty = Some(true),
+            "-T" | "--no-tty" if !shell => exec.tty = Some(false),
+            "--vm" => exec.in_vm = true,
+            "--runtime-dir" => exec.runtime_dir = Some(value()?.into()),
+            "-w" | "--workdir" if !shell => exec.workdir = Some(value()?),
+            "-e" | "--env" if !shell => {
+                let pair = value()?;
+                match pair.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => exec.env.push((k.into(), v.into())),
+                    _ => return Err(CliError(format!("{flag} {pair:?}: expected NAME=VALUE"))),
+                }
+            }
+            other if other.starts_with('-') => {
+                return Err(CliError(format!("unknown option {other:?}")))
+            }
+            other if id.is_none() => id = Some(other.to_string()),
+            other => return Err(CliError(format!("unexpected argument {other:?}"))),
+        }
+    }
+    exec.id = id.ok_or_else(|| CliError("which VM? give its id".into()))?;
+    if shell {
+        exec.argv = vec!["/bin/sh".into()];
+    }
+    if exec.argv.is_empty() {
+        return Err(CliError("exec needs a command after --".into()));
+    }
+    Ok(Cli::Exec(exec))
 }
 
 pub fn parse(args: &[String]) -> Result<Cli, CliError> {
@@ -286,6 +408,8 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
         "--help" | "-h" | "help" => Ok(Cli::Help(USAGE)),
         "run" => parse_run(rest, true),
         "start" => parse_run(rest, false),
+        "exec" => parse_exec(rest, false),
+        "shell" => parse_exec(rest, true),
         "stop" => {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {
@@ -310,12 +434,15 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
         "list" => {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {
-                return Ok(Cli::Help("usage: vm_launcher list [--runtime-dir DIR]"));
+                return Ok(Cli::Help(
+                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app",
+                ));
             }
-            if let Some(bad) = others.first() {
+            let json = others.iter().any(|a| a == "--json");
+            if let Some(bad) = others.iter().find(|a| *a != "--json") {
                 return Err(CliError(format!("unknown argument {bad:?}")));
             }
-            Ok(Cli::List { runtime_dir })
+            Ok(Cli::List { runtime_dir, json })
         }
         other => Err(CliError(format!("unknown command {other:?}"))),
     }

@@ -7,17 +7,22 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use nix::sys::signal::{SigSet, Signal};
-use vm_proto::protos::guest::{ContainerSpec, LaunchProcessRequest, ProcessStatus};
+use vm_proto::protos::guest::{ContainerSpec, ExecRequest, LaunchProcessRequest, ProcessStatus};
+use vm_proto::stream;
 
+use crate::attach;
 use crate::backend::Backend;
-use crate::cli::{HypervisorName, RunArgs};
+use crate::cli::{ExecArgs, HypervisorName, RunArgs};
 use crate::container_image;
+use crate::exec_broker;
 use crate::host_services::CrashConfig;
 use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu, Rootfs};
 use crate::log_forward::LogSink;
 use crate::pool::{default_runtime_dir, Pool, PoolConfig};
+use crate::stream_client;
 use crate::sys;
 use crate::vm::{Ended, RunningVm, VmOptions};
+use crate::vm_info;
 
 /// Exit status when the VM could not run the application to its end.
 pub const EXIT_LAUNCHER_FAILED: u8 = 125;
@@ -30,10 +35,17 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_LAUNCHER_FAILED)
 }
 
-/// SIGINT, SIGTERM and SIGHUP arrive on a channel; blocked first, so call before any thread.
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH arrive on a channel; blocked first, so
+/// call before any thread.
 fn signal_channel() -> Receiver<i32> {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGWINCH,
+    ] {
         set.add(s);
     }
     let _ = set.thread_block();
@@ -149,66 +161,86 @@ fn boot(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<Running
     RunningVm::boot(opts).map_err(fail)
 }
 
+/// Where guest logs go unless --log-dest says: the host's syslog if it has one. Never the
+/// terminal by default: the application's stderr carries only what the application wrote.
+fn default_log_dest() -> LogSink {
+    let syslog = LogSink::host_syslog();
+    let listening = |path: &std::path::Path| {
+        std::os::unix::net::UnixDatagram::unbound().is_ok_and(|s| s.connect(path).is_ok())
+    };
+    match &syslog {
+        LogSink::Syslog(path) if listening(path) => syslog,
+        _ => LogSink::Discard,
+    }
+}
+
 pub fn run(mut args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let app = args.app.clone();
+    let tty = attach::wants_tty(args.tty);
     let container = match prepare_container(&mut args) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let logs = args.log_dest.clone().unwrap_or(LogSink::Terminal);
-    let mut vm = match boot(args, logs, true) {
+    let logs = args.log_dest.clone().unwrap_or_else(default_log_dest);
+    let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
+    let console = args.console;
+    let vm = match boot(args, logs, console) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    let mut req = LaunchProcessRequest::new();
+    vm_info::write(&vm.rundir, &hypervisor, &app);
+    vm.host.expect_application();
+    let mut req = ExecRequest::new();
     req.set_argv(app.clone().into());
     req.set_is_application(true);
-    req.set_use_console(true);
     if let Some(container) = &container {
         req.set_container(container.spec.clone());
     }
-    let code = match vm.launch(&req, LAUNCH_TIMEOUT) {
-        Err(e) => {
-            vm.teardown(true);
-            return fail(e);
+    let addr = stream::exec_address(&vm.maitred_addr);
+    let ended = match stream_client::open(&addr, &vm.token) {
+        Ok(conn) => {
+            let vm_end = vm.end_signal();
+            attach::run_session(conn, &addr.to_string(), req, tty, &signals, Some(&vm_end))
         }
-        Ok(resp) if resp.get_status() == ProcessStatus::FAILED => {
-            eprintln!(
-                "vm_launcher: cannot run {:?} in VM {}: {}",
-                app[0],
-                vm.id(),
-                resp.get_reason()
-            );
-            vm.teardown(true);
-            // The shell's convention: 127 not found, 126 found but not runnable.
-            return ExitCode::from(if resp.get_code() == libc::ENOENT {
-                127
-            } else {
-                126
-            });
-        }
-        Ok(_) => match vm.wait_end(&signals) {
-            Ended::Application { status, code } => match status {
-                ProcessStatus::SIGNALED => 128 + code,
-                _ => code,
-            },
-            Ended::VmStopped(status) => {
-                crate::vm::print_console_tail(&vm.serial_log, 40);
-                eprintln!(
-                    "vm_launcher: VM {} stopped before the application ended ({status})",
-                    vm.id()
-                );
-                EXIT_LAUNCHER_FAILED as i32
-            }
-            Ended::Signal(signal) => {
-                eprintln!("vm_launcher: signal {signal}: shutting VM {} down", vm.id());
-                128 + signal
-            }
-        },
+        Err(e) => attach::Ended::Failed(e.to_string()),
     };
-    vm.teardown(true);
-    ExitCode::from(code.clamp(0, 255) as u8)
+    if let attach::Ended::VmStopped(_) | attach::Ended::Lost(_) = ended {
+        crate::vm::print_console_tail(&vm.serial_log, 40);
+    }
+    let code = attach::exit_code(&ended, &format!("{:?}", app[0]), vm.id());
+    let guest_running = !matches!(ended, attach::Ended::VmStopped(_));
+    vm.teardown(guest_running);
+    ExitCode::from(code)
+}
+
+/// `exec ID -- CMD`: a process in a started VM, attached like `run`'s application.
+pub fn exec(args: ExecArgs) -> ExitCode {
+    let signals = signal_channel();
+    if vm_proto::cmdline::validate_vm_id(&args.id).is_err() {
+        return fail(format!("no running VM {:?}", args.id));
+    }
+    let rundir = runtime_dir(args.runtime_dir).join("vms").join(&args.id);
+    let conn = match exec_broker::connect(&rundir, &args.id) {
+        Ok(conn) => conn,
+        Err(e) => return fail(e),
+    };
+    let tty = attach::wants_tty(args.tty);
+    let mut req = ExecRequest::new();
+    req.set_argv(args.argv.clone().into());
+    for (key, value) in args.env {
+        req.mut_env().insert(key, value);
+    }
+    if let Some(dir) = args.workdir {
+        req.set_working_dir(dir);
+    }
+    req.set_enter_container(!args.in_vm);
+    let ended = attach::run_session(conn, &args.id, req, tty, &signals, None);
+    ExitCode::from(attach::exit_code(
+        &ended,
+        &format!("{:?}", args.argv[0]),
+        &args.id,
+    ))
 }
 
 pub fn start(args: RunArgs) -> ExitCode {
@@ -272,13 +304,48 @@ fn redirect_output(path: &std::path::Path) {
     }
 }
 
-fn serve_detached(args: RunArgs) -> ExitCode {
+fn serve_detached(mut args: RunArgs) -> ExitCode {
     let signals = signal_channel();
+    let app = args.app.clone();
+    let container = match prepare_container(&mut args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
-    let mut vm = match boot(args, logs, false) {
+    let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
+    let console = args.console;
+    let mut vm = match boot(args, logs, console) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
+    vm_info::write(&vm.rundir, &hypervisor, &app);
+    let guest = stream::exec_address(&vm.maitred_addr);
+    if let Err(e) = exec_broker::serve(&vm.rundir, guest, vm.token.clone()) {
+        vm.teardown(true);
+        return fail(format!("cannot serve exec for VM: {e}"));
+    }
+    if !app.is_empty() {
+        // The VM's main process: its output goes to the console log, its end stops the VM.
+        let mut req = LaunchProcessRequest::new();
+        req.set_argv(app.clone().into());
+        req.set_is_application(true);
+        req.set_use_console(true);
+        if let Some(container) = &container {
+            req.set_container(container.spec.clone());
+        }
+        vm.host.expect_application();
+        let failed = match vm.launch(&req, LAUNCH_TIMEOUT) {
+            Ok(resp) if resp.get_status() == ProcessStatus::FAILED => {
+                Some(resp.get_reason().to_string())
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            vm.teardown(true);
+            return fail(format!("cannot run {:?} in VM: {why}", app[0]));
+        }
+    }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready {}", vm.id());
     let _ = out.flush();
@@ -343,8 +410,9 @@ pub fn stop(ids: Vec<String>, all: bool, runtime: Option<PathBuf>) -> ExitCode {
     }
 }
 
-pub fn list(runtime: Option<PathBuf>) -> ExitCode {
-    let pool = match Pool::open(PoolConfig::new(runtime_dir(runtime))) {
+pub fn list(runtime: Option<PathBuf>, json: bool) -> ExitCode {
+    let runtime = runtime_dir(runtime);
+    let pool = match Pool::open(PoolConfig::new(&runtime)) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -352,14 +420,48 @@ pub fn list(runtime: Option<PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    let info = |id: &str| vm_info::read(&runtime.join("vms").join(id));
+    if json {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+        let entries: Vec<String> = leases
+            .iter()
+            .map(|l| {
+                let info = info(&l.id);
+                let app = info.as_ref().map(|i| {
+                    let args: Vec<String> =
+                        i.app.iter().map(|a| vm_info::json_string(a)).collect();
+                    format!("[{}]", args.join(","))
+                });
+                format!(
+                    "{{\"id\":{},\"cid\":{},\"pid\":{},\"state\":\"{}\",\"started\":{},\"guest_ip\":{},\"host_port\":{},\"hypervisor\":{},\"app\":{}}}",
+                    vm_info::json_string(&l.id),
+                    opt(l.cid.map(|v| v.to_string())),
+                    opt(l.pid.map(|v| v.to_string())),
+                    if info.is_some() { "running" } else { "starting" },
+                    opt(info.as_ref().map(|i| i.started.to_string())),
+                    opt(l.guest_ip.map(|v| vm_info::json_string(&v.to_string()))),
+                    opt(l.host_port.map(|v| v.to_string())),
+                    opt(info.as_ref().map(|i| vm_info::json_string(&i.hypervisor))),
+                    opt(app),
+                )
+            })
+            .collect();
+        println!("[{}]", entries.join(","));
+        return ExitCode::SUCCESS;
+    }
     let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     println!(
         "{:<24} {:>6} {:>8} {:<15} {:>9} STATE",
         "ID", "CID", "PID", "GUEST_IP", "HOST_PORT"
     );
     for l in leases {
+        let state = if info(&l.id).is_some() {
+            "running"
+        } else {
+            "starting"
+        };
         println!(
-            "{:<24} {:>6} {:>8} {:<15} {:>9} running",
+            "{:<24} {:>6} {:>8} {:<15} {:>9} {state}",
             l.id,
             show(l.cid.map(|v| v.to_string())),
             show(l.pid.map(|v| v.to_string())),

@@ -5,16 +5,23 @@
 //! - `backend`: per-back-end wiring (sockets, vsock helper, peer identity).
 //! - `vm`: one VM's life from lease to teardown; `commands`/`cli`: the subcommands.
 //! - `host_services`, `log_forward`, `crash_spool`: what the guest calls on the host.
+//! - `attach`, `stream_client`, `terminal`, `exec_broker`: the application's and `exec`'s
+//!   stdio, terminal and signals over the process I/O stream; `vm_info`: what `list` shows.
 
+pub mod attach;
 pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod container_image;
 pub mod crash_spool;
+pub mod exec_broker;
 pub mod host_services;
 pub mod hypervisor;
 pub mod log_forward;
 pub mod pool;
+pub mod stream_client;
 mod sys;
 pub mod tap;
+pub mod terminal;
 pub mod vm;
+pub mod vm_info;

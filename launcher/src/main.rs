@@ -1,6 +1,8 @@
 //! vm_launcher: boots a VM and serves it for its whole life.
 //!
-//! - `cli`: the command line; `commands`: run, start, stop, list.
+//! - `cli`: the command line; `commands`: run, start, exec, stop, list.
+//! - `attach`, `stream_client`, `terminal`: a guest process's stdio, terminal and signals;
+//!   `exec_broker`: how `exec` gets a stream without the token.
 //! - `pool`: per-VM resources leased across launchers; `hypervisor`: command lines.
 //! - `backend`: per-back-end wiring; `vm`: one VM's life from lease to teardown.
 //! - `host_services`, `log_forward`, `crash_spool`: what the guest calls on the host.
@@ -24,7 +26,8 @@ fn main() -> ExitCode {
             all,
             runtime_dir,
         }) => commands::stop(ids, all, runtime_dir),
-        Ok(Cli::List { runtime_dir }) => commands::list(runtime_dir),
+        Ok(Cli::Exec(exec)) => commands::exec(exec),
+        Ok(Cli::List { runtime_dir, json }) => commands::list(runtime_dir, json),
         Err(e) => {
             eprintln!("vm_launcher: {e}");
             ExitCode::from(2)

@@ -34,3 +34,20 @@ pub fn new_session(command: &mut Command) -> &mut Command {
         })
     }
 }
+
+/// TIOCGWINSZ: the size of the terminal on `fd`, if it is one.
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<vm_proto::stream::WindowSize> {
+    use std::os::fd::AsRawFd;
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some(vm_proto::stream::WindowSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}

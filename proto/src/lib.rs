@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod listener;
 #[cfg(feature = "grpc")]
 pub mod server;
+pub mod stream;
 mod sys;
 pub mod time;
 pub mod transport;

@@ -1,0 +1,223 @@
+//! The process I/O stream service on guest port `vm_proto::stream::EXEC_PORT`: one thread
+//! per connection. HELLO must carry the VM's token (the same constant-time check as the
+//! gRPC calls) before anything else is read; then START says what to run, and
+//! `exec_session` carries its I/O until it exits.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protobuf::Message;
+use vm_proto::protos::guest::ExecRequest;
+use vm_proto::server::PeerFilter;
+use vm_proto::stream::{self, ExitStatus, FrameError, Kind, WindowSize};
+use vm_proto::{Listener, Token};
+
+use crate::context::Context;
+use crate::exec_io::{self, SessionFds};
+use crate::exec_session::{self, note_refusal, Process};
+use crate::spawn::{self, ChildStdio, ProcessSpec, SpawnError, Stdio};
+use crate::{container, container_enter, info, launch, warn};
+
+/// HELLO and START must arrive within this time of connecting.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A terminal size of 0 (unknown) becomes this.
+const DEFAULT_SIZE: WindowSize = WindowSize { rows: 24, cols: 80 };
+
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Serves process streams on `listener` from a thread of its own.
+pub fn start(
+    ctx: Arc<Context>,
+    listener: Listener,
+    token: Token,
+    filter: PeerFilter,
+) -> std::io::Result<()> {
+    let token = Arc::new(token);
+    std::thread::Builder::new()
+        .name("exec-accept".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok((fd, peer)) if filter(&peer) => {
+                    let (ctx, token) = (ctx.clone(), token.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("exec".into())
+                        .spawn(move || serve_connection(&ctx, fd, &token));
+                    if let Err(e) = spawned {
+                        warn!("cannot start a thread for a process stream: {e}");
+                    }
+                }
+                Ok((_, peer)) => note_refusal(&REFUSED, &format!("refused peer {peer:?}")),
+                Err(e) => {
+                    warn!("{e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// Refuses the stream with an ERROR frame (best effort) and one rate-limited log line.
+fn refuse(conn: &mut UnixStream, why: &str) {
+    note_refusal(&REFUSED, why);
+    let _ = stream::write_frame(conn, Kind::Error, why.as_bytes());
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+fn serve_connection(ctx: &Arc<Context>, fd: OwnedFd, token: &Token) {
+    // The listener hands out non-blocking sockets (for grpcio); these threads block. A vsock
+    // or Unix socket fd both work as a UnixStream: read, write and shutdown are the same
+    // socket calls for either family.
+    let mut conn = UnixStream::from(fd);
+    let setup = conn
+        .set_nonblocking(false)
+        .and_then(|()| conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT)));
+    if setup.is_err() {
+        return;
+    }
+    let req = match handshake(&mut conn, token) {
+        Ok(req) => req,
+        Err(why) => return refuse(&mut conn, &why),
+    };
+    if conn.set_read_timeout(None).is_err() {
+        return;
+    }
+    run(ctx, conn, &req);
+}
+
+/// HELLO with the token, then START; any other frame or a wrong token is refused.
+fn handshake(conn: &mut UnixStream, token: &Token) -> Result<ExecRequest, String> {
+    let hello = stream::read_frame(conn).map_err(|e| e.to_string())?;
+    if hello.kind != Kind::Hello {
+        return Err(FrameError::Unexpected {
+            kind: hello.kind,
+            during: "before HELLO",
+        }
+        .to_string());
+    }
+    if !token.matches_header(&hello.payload) {
+        return Err("missing or invalid access token".into());
+    }
+    let start = stream::read_frame(conn).map_err(|e| e.to_string())?;
+    if start.kind != Kind::Start {
+        return Err(FrameError::Unexpected {
+            kind: start.kind,
+            during: "before START",
+        }
+        .to_string());
+    }
+    ExecRequest::parse_from_bytes(&start.payload)
+        .map_err(|e| format!("process stream: malformed START request: {e}"))
+}
+
+/// Starts the request's process and serves its stream; an application's end ends the VM.
+fn run(ctx: &Arc<Context>, mut conn: UnixStream, req: &ExecRequest) {
+    let process = match start_process(ctx, req) {
+        Ok(process) => process,
+        Err(e) => {
+            let failed = ExitStatus::Failed {
+                errno: e.errno(),
+                reason: e.to_string(),
+            };
+            let _ = stream::write_frame(&mut conn, Kind::Exit, &stream::encode_exit(&failed));
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            if req.get_is_application() {
+                info!("the application could not start: {e}");
+            }
+            return;
+        }
+    };
+    let pid = process.pid;
+    let container = req.has_container() && req.get_is_application();
+    if container {
+        ctx.set_app_container(Some(pid));
+    }
+    let exit = exec_session::serve(conn, process);
+    if container {
+        ctx.set_app_container(None);
+    }
+    if let (true, Some(exit)) = (req.get_is_application(), exit) {
+        launch::application_ended(ctx, pid, exit);
+    }
+}
+
+/// Why a START could not run: bad request, container set-up, or spawn.
+pub enum StartError {
+    Invalid(String),
+    Container(container::ContainerError),
+    Spawn(SpawnError),
+}
+
+impl StartError {
+    fn errno(&self) -> i32 {
+        match self {
+            Self::Invalid(_) => libc::EINVAL,
+            Self::Container(e) => e.errno(),
+            Self::Spawn(e) => e.errno(),
+        }
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(why) => f.write_str(why),
+            Self::Container(e) => e.fmt(f),
+            Self::Spawn(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The process a START describes, as maitred would start it.
+pub fn spec_for(ctx: &Context, req: &ExecRequest) -> Result<ProcessSpec, StartError> {
+    if req.get_argv().is_empty() {
+        return Err(StartError::Invalid("argv is empty".into()));
+    }
+    if req.has_container() && req.get_enter_container() {
+        return Err(StartError::Invalid(
+            "a process runs in a new container or enters the running one, not both".into(),
+        ));
+    }
+    let mut env: Vec<(String, String)> = req
+        .get_env()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+    let cwd = req.get_working_dir();
+    let spec = ProcessSpec {
+        argv: req.get_argv().to_vec(),
+        env,
+        cwd: (!cwd.is_empty()).then(|| cwd.into()),
+        stdio: Stdio::Null, // replaced by the session's pipes or terminal
+    };
+    if req.has_container() {
+        return container::wrap(req.get_container(), &ctx.vm_id, spec)
+            .map_err(StartError::Container);
+    }
+    match (req.get_enter_container(), ctx.app_container()) {
+        (true, Some(pid)) => Ok(container_enter::wrap(pid, spec)),
+        _ => Ok(spec),
+    }
+}
+
+fn start_process(ctx: &Context, req: &ExecRequest) -> Result<Process, StartError> {
+    let spec = spec_for(ctx, req)?;
+    let (stdio, fds): (ChildStdio, SessionFds) = if req.get_tty() {
+        let size = match (req.get_rows(), req.get_cols()) {
+            (0, _) | (_, 0) => DEFAULT_SIZE,
+            (rows, cols) => WindowSize {
+                rows: rows.min(u32::from(u16::MAX)) as u16,
+                cols: cols.min(u32::from(u16::MAX)) as u16,
+            },
+        };
+        exec_io::terminal(size)
+    } else {
+        exec_io::pipes()
+    }
+    .map_err(StartError::Spawn)?;
+    let (pid, exit) = spawn::spawn_with(&ctx.reaper, &spec, stdio).map_err(StartError::Spawn)?;
+    Ok(Process { pid, exit, fds })
+}

@@ -1,0 +1,119 @@
+//! What `list` shows beyond the lease: `<run dir>/vm.info`, written once the VM is ready
+//! (so its presence also means "running"): the hypervisor, the application and when it
+//! started. One `key=value` line each; the application's arguments are NUL-separated inside
+//! their value's hex, so no argument can break the format.
+
+use std::path::Path;
+
+const FILE: &str = "vm.info";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    pub hypervisor: String,
+    pub app: Vec<String>,
+    /// Unix seconds.
+    pub started: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+pub fn render(info: &VmInfo) -> String {
+    format!(
+        "hypervisor={}\nstarted={}\napp={}\n",
+        info.hypervisor,
+        info.started,
+        hex(info.app.join("\0").as_bytes())
+    )
+}
+
+pub fn parse(text: &str) -> Option<VmInfo> {
+    let mut info = VmInfo {
+        hypervisor: String::new(),
+        app: Vec::new(),
+        started: 0,
+    };
+    for line in text.lines() {
+        let (key, value) = line.split_once('=')?;
+        match key {
+            "hypervisor" => info.hypervisor = value.to_string(),
+            "started" => info.started = value.parse().ok()?,
+            "app" if value.is_empty() => {}
+            "app" => {
+                let joined = String::from_utf8(unhex(value)?).ok()?;
+                info.app = joined.split('\0').map(String::from).collect();
+            }
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+/// Records the VM's facts in its run dir (best effort: `list` shows "-" without them).
+pub fn write(rundir: &Path, hypervisor: &str, app: &[String]) {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let info = VmInfo {
+        hypervisor: hypervisor.to_string(),
+        app: app.to_vec(),
+        started,
+    };
+    let _ = std::fs::write(rundir.join(FILE), render(&info));
+}
+
+pub fn read(rundir: &Path) -> Option<VmInfo> {
+    parse(&std::fs::read_to_string(rundir.join(FILE)).ok()?)
+}
+
+/// A JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_parse_round_trips_hostile_arguments() {
+        let info = VmInfo {
+            hypervisor: "qemu".into(),
+            app: vec!["sh".into(), "-c".into(), "echo a=b\nhypervisor=x".into()],
+            started: 1_700_000_000,
+        };
+        assert_eq!(parse(&render(&info)), Some(info));
+        assert_eq!(parse("garbage"), None);
+        assert_eq!(parse("app=zz"), None);
+    }
+
+    #[test]
+    fn json_string_escapes_quotes_and_controls() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+}
