@@ -19,7 +19,8 @@ fn busybox_root(dir: &Path) {
     );
     std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "hostname", "cat", "ls", "touch", "echo", "sleep", "id", "grep",
+        "sh", "hostname", "cat", "ls", "touch", "echo", "sleep", "id", "grep", "mknod", "unshare",
+        "head", "wc", "find", "timeout", "dd",
     ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
@@ -155,4 +156,62 @@ fn container_bad_input_fails_clearly_and_maitred_keeps_running() {
         ProcessStatus::EXITED,
         "maitred still serves"
     );
+}
+
+/// Issue 12's container promises, in host mode (here the root is not an initramfs, so the
+/// container is pivot_root'ed, not chroot'ed: only the seccomp filter stops `unshare -U`).
+#[test]
+fn container_has_no_mknod_no_user_namespaces_a_nodev_dev_masks_and_bounded_tmpfs() {
+    let guest = Guest::start();
+    let root = guest.path("rootfs");
+    busybox_root(&root);
+    std::fs::create_dir(root.join("run")).unwrap();
+    let script = "\
+        mknod /tmp/k c 1 11 && echo ALLOWED mknod; \
+        unshare -U true && echo ALLOWED userns; \
+        unshare -Ur true && echo ALLOWED userns-root; \
+        echo x > /dev/null && head -c 4 /dev/urandom | wc -c; \
+        grep CapBnd /proc/self/status; \
+        echo kmsg $(timeout 2 cat /proc/kmsg | wc -c); \
+        echo proc-dirs $(find /proc/irq /proc/bus /proc/acpi -mindepth 1 2>/dev/null | wc -l); \
+        grep -E '^[^ ]+ /(dev|tmp|run|dev/shm) ' /proc/mounts; \
+        dd if=/dev/zero of=/dev/filler bs=1k count=2048 2>/dev/null || echo dev-full";
+    let r = guest.launch(&in_container(&root, false, script)).unwrap();
+    let out = String::from_utf8_lossy(r.get_stdout()).into_owned();
+    let all = format!("{out}\n{}", String::from_utf8_lossy(r.get_stderr()));
+    assert_eq!(r.get_status(), ProcessStatus::EXITED, "{all}");
+    assert!(!out.contains("ALLOWED"), "{all}");
+    assert!(
+        out.lines().any(|l| l == "4"),
+        "/dev/urandom must work: {all}"
+    );
+    let cap_bnd = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("{all}"));
+    for (cap, name) in [(21, "SYS_ADMIN"), (27, "MKNOD"), (34, "SYSLOG")] {
+        assert_eq!(
+            cap_bnd & (1 << cap),
+            0,
+            "{name} is in the bounding set: {all}"
+        );
+    }
+    assert!(out.lines().any(|l| l == "kmsg 0"), "{all}");
+    assert!(out.lines().any(|l| l == "proc-dirs 0"), "{all}");
+    let mount = |target: &str| {
+        out.lines()
+            .find(|l| l.split(' ').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("no {target} mount: {all}"))
+            .to_string()
+    };
+    assert!(mount("/dev").contains("nodev"), "{all}");
+    for (target, size) in [
+        ("/tmp", "size="),
+        ("/run", "size="),
+        ("/dev/shm", "size=65536k"),
+    ] {
+        assert!(mount(target).contains(size), "{target} is unbounded: {all}");
+    }
+    assert!(out.contains("dev-full"), "/dev is bounded at 1 MiB: {all}");
 }
