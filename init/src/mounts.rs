@@ -1,4 +1,7 @@
 //! The guest's mount table, mounted in order at boot and unmounted in reverse at shutdown.
+//!
+//! Every tmpfs has a size limit (a share of the VM's memory), so no writer can fill memory
+//! through one: the defaults (half the memory each) add up to more than the VM has.
 
 use std::fmt;
 use std::path::Path;
@@ -73,7 +76,7 @@ pub const TABLE: &[MountEntry] = &[
         target: "/dev/shm",
         fstype: "tmpfs",
         flags: NOSUID_NODEV_NOEXEC,
-        data: "mode=1777",
+        data: "mode=1777,size=10%",
         when: When::Always,
         essential: false,
     },
@@ -82,7 +85,7 @@ pub const TABLE: &[MountEntry] = &[
         target: "/tmp",
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: "mode=1777",
+        data: "mode=1777,size=25%",
         when: When::Always,
         essential: true,
     },
@@ -91,7 +94,7 @@ pub const TABLE: &[MountEntry] = &[
         target: "/run",
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: "mode=0755",
+        data: "mode=0755,size=10%",
         when: When::Always,
         essential: true,
     },
@@ -100,7 +103,7 @@ pub const TABLE: &[MountEntry] = &[
         target: "/var",
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: "mode=0755",
+        data: "mode=0755,size=25%",
         when: When::NotWritable,
         essential: false,
     },
@@ -266,6 +269,20 @@ mod tests {
         assert_eq!(find("/var").when, When::NotWritable);
         assert_eq!(find("/dev").when, When::NotMounted);
         assert!(!find("/sys/fs/cgroup").essential);
+    }
+
+    #[test]
+    fn every_tmpfs_is_bounded_and_together_they_leave_the_vm_memory() {
+        let mut percent = 0;
+        for entry in TABLE.iter().filter(|e| e.fstype == "tmpfs") {
+            let size = entry
+                .data
+                .split(',')
+                .find_map(|o| o.strip_prefix("size="))
+                .unwrap_or_else(|| panic!("{} has no size limit", entry.target));
+            percent += size.strip_suffix('%').unwrap().parse::<u32>().unwrap();
+        }
+        assert!(percent < 100, "tmpfs limits add up to {percent}% of memory");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! What only the VM's init does, before anything else: valid stdio, the mounts, kernel log
-//! output, limits, the console, the hostname, lo, and the core dump pipe.
+//! output, the kernel's secrets kept from unprivileged readers (the token is on the kernel
+//! command line: see SECURITY.md), limits, the console, the hostname, lo, and the core dump
+//! pipe.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
+use nix::mount::{mount, MsFlags};
 use nix::sys::resource::{setrlimit, Resource};
 
 use crate::mounts::{self, TABLE};
@@ -13,8 +16,19 @@ pub const CRASH_COLLECTOR: &str = "/sbin/crash_collector";
 /// vm_syslog's socket is `log` in this directory and /dev/log links to it: a container binds
 /// the directory, so it keeps reaching the socket vm_syslog re-creates after a restart.
 pub const SYSLOG_DIR: &str = "/run/syslog";
-/// `%P`: the pid in the initial namespace, so /proc lookups work for containers too.
-pub const CORE_PATTERN: &str = "|/sbin/crash_collector %P %s %t %e";
+/// `%P`: the pid in the initial namespace, so /proc lookups work for containers too. The
+/// values follow `--`, so no process name (`%e`, chosen by the process) can act as a flag.
+pub const CORE_PATTERN: &str = "|/sbin/crash_collector -- %P %s %t %e";
+/// Root's copy of the kernel command line, bound over /proc/cmdline (see [`hide_cmdline`]).
+pub const PRIVATE_DIR: &str = "/run/maitred";
+pub const CMDLINE_COPY: &str = "/run/maitred/cmdline";
+/// Kernel settings made before any other process runs. dmesg_restrict: the kernel log holds
+/// "Kernel command line: … maitred.token=…", so reading it (dmesg, syslog(2), /dev/kmsg)
+/// needs CAP_SYSLOG. kptr_restrict: kernel addresses only for CAP_SYSLOG, too.
+pub const SYSCTLS: &[(&str, &str)] = &[
+    ("/proc/sys/kernel/dmesg_restrict", "1"),
+    ("/proc/sys/kernel/kptr_restrict", "1"),
+];
 /// /proc/PID stays readable while crash_collector streams the dump, for this many dumps.
 pub const CORE_PIPE_LIMIT: &str = "4";
 
@@ -72,6 +86,11 @@ pub fn early_setup() -> Result<(), String> {
         }
     }
     log::use_kmsg();
+    restrict_kernel();
+    if let Err(e) = hide_cmdline() {
+        // The token would be readable by every user: not a VM to run anything in.
+        return Err(e.to_string());
+    }
     set_limits();
     take_console();
     if let Err(e) = network::loopback_up() {
@@ -85,6 +104,79 @@ pub fn early_setup() -> Result<(), String> {
         warn!("cannot raise net.unix.max_dgram_qlen: {e}");
     }
     Ok(())
+}
+
+fn restrict_kernel() {
+    for (path, value) in SYSCTLS {
+        if let Err(e) = std::fs::write(path, value) {
+            warn!("cannot write {path}: {e}");
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct HideCmdlineError {
+    step: &'static str,
+    path: &'static str,
+    cause: String,
+}
+
+impl std::fmt::Display for HideCmdlineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot hide the kernel command line: {} {}: {}",
+            self.step, self.path, self.cause
+        )
+    }
+}
+
+/// /proc/cmdline (mode 0444, the token included) becomes root's alone, VM-wide: a copy
+/// owned by root with mode 0400 is bound over it, read-only. Root's readers (maitred,
+/// vm_syslog, crash_collector) keep reading /proc/cmdline as before; anyone else gets
+/// EACCES. A container mounts its own /proc, where it is masked entirely.
+pub fn hide_cmdline() -> Result<(), HideCmdlineError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |step, path, cause: &dyn std::fmt::Display| HideCmdlineError {
+        step,
+        path,
+        cause: cause.to_string(),
+    };
+    let text = std::fs::read("/proc/cmdline").map_err(|e| err("reading", "/proc/cmdline", &e))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(PRIVATE_DIR)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+        .map_err(|e| err("creating", PRIVATE_DIR, &e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(CMDLINE_COPY)
+        .map_err(|e| err("creating", CMDLINE_COPY, &e))?;
+    std::io::Write::write_all(&mut file, &text).map_err(|e| err("writing", CMDLINE_COPY, &e))?;
+    drop(file);
+    let bind = |flags: MsFlags, step| {
+        mount(
+            Some(CMDLINE_COPY),
+            "/proc/cmdline",
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| err(step, "/proc/cmdline", &e.desc()))
+    };
+    bind(MsFlags::MS_BIND, "binding over")?;
+    let read_only = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    bind(read_only, "remounting read-only")
 }
 
 fn set_limits() {
