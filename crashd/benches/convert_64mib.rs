@@ -73,7 +73,7 @@ fn run_collector(core: &Path, pid: u32, out: &Path, source: &str) -> Sample {
     let child = Command::new(common::collector())
         .args(["--output", out.to_str().unwrap_or("."), "--proc", "/proc"])
         .args(["--memory-source", source])
-        .args([&pid.to_string(), "11", "1700000000", "crashme"])
+        .args(["--", &pid.to_string(), "11", "1700000000", "crashme"])
         .stdin(pipe)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

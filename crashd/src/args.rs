@@ -1,6 +1,10 @@
 //! crash_collector's command line → [`Config`]. The kernel runs it as
-//! `|/sbin/crash_collector %P %s %t %e` (global pid, signal, Unix time, executable name);
+//! `|/sbin/crash_collector -- %P %s %t %e` (global pid, signal, Unix time, executable name);
 //! the flags exist for tests and for converting a saved core by hand.
+//!
+//! Flags come first and the kernel's values only after the `--` marker, where nothing is a
+//! flag: `%e` is a name the crashing process chose itself (`prctl(PR_SET_NAME)`), so a
+//! process named `-h` or `--host` must not be able to change what happens to its report.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +15,7 @@ use crate::collect::{CrashArgs, MemorySource, DEFAULT_MAX_SIZE};
 pub const MIN_MAX_SIZE: u64 = 64 << 10;
 
 pub const USAGE: &str = "\
-usage: crash_collector [options] PID SIGNAL TIME EXE
+usage: crash_collector [options] -- PID SIGNAL TIME EXE
 
 The kernel's core_pattern pipe helper: reads an ELF core on stdin, writes a minidump and
 sends it with its metadata to the host's CrashListener (or keeps it in the spool when the
@@ -27,6 +31,9 @@ host cannot be reached, to be sent first by the next run).
                      core: only from the core, read to its end (default auto)
   --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M, at least 64K)
   --output DIR       write <exe>.<date>.<pid>.dmp/.meta to DIR instead of sending
+
+Everything after -- is a value, never a flag. EXE may be split into several arguments (older
+kernels split %e at spaces): they are joined with spaces.
 
 Exit status: 0 sent or written, 1 kept in the spool, 2 usage error, 3 nothing could be kept.";
 
@@ -48,9 +55,17 @@ pub enum ArgsError {
     Help,
     MissingValue(String),
     UnknownOption(String),
-    BadNumber { what: &'static str, value: String },
+    BadNumber {
+        what: &'static str,
+        value: String,
+    },
     Positional(usize),
-    BadChoice { flag: &'static str, value: String },
+    /// A value before `--` (or no `--` at all).
+    NoMarker(Option<String>),
+    BadChoice {
+        flag: &'static str,
+        value: String,
+    },
 }
 
 impl fmt::Display for ArgsError {
@@ -60,7 +75,16 @@ impl fmt::Display for ArgsError {
             Self::MissingValue(flag) => write!(f, "{flag} needs a value"),
             Self::UnknownOption(flag) => write!(f, "unknown option {flag:?}"),
             Self::BadNumber { what, value } => write!(f, "{what} {value:?} is not a valid number"),
-            Self::Positional(n) => write!(f, "expected PID SIGNAL TIME EXE, got {n} arguments"),
+            Self::Positional(n) => {
+                write!(
+                    f,
+                    "expected PID SIGNAL TIME EXE after --, got {n} arguments"
+                )
+            }
+            Self::NoMarker(Some(arg)) => {
+                write!(f, "unexpected {arg:?}: PID SIGNAL TIME EXE go after --")
+            }
+            Self::NoMarker(None) => write!(f, "missing -- before PID SIGNAL TIME EXE"),
             Self::BadChoice { flag, value } => write!(f, "{flag} {value:?}: expected auto or core"),
         }
     }
@@ -102,16 +126,19 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
         memory_source: MemorySource::Auto,
         output: None,
     };
-    let mut positional = Vec::new();
+    let mut positional = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let flag = arg.as_str();
+        if flag == "--" {
+            positional = Some(it.as_slice());
+            break;
+        }
         if flag == "--help" || flag == "-h" {
             return Err(ArgsError::Help);
         }
         if !flag.starts_with("--") {
-            positional.push(arg.clone());
-            continue;
+            return Err(ArgsError::NoMarker(Some(arg.clone())));
         }
         let mut value = || {
             it.next()
@@ -141,6 +168,7 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
             other => return Err(ArgsError::UnknownOption(other.to_string())),
         }
     }
+    let positional = positional.ok_or(ArgsError::NoMarker(None))?;
     if positional.len() < 4 {
         return Err(ArgsError::Positional(positional.len()));
     }
@@ -164,7 +192,7 @@ mod tests {
 
     #[test]
     fn parse_core_pattern_arguments() {
-        let c = parse(&args(&["123", "11", "1700000000", "my", "app"])).unwrap();
+        let c = parse(&args(&["--", "123", "11", "1700000000", "my", "app"])).unwrap();
         assert_eq!(
             c.crash,
             CrashArgs {
@@ -180,18 +208,19 @@ mod tests {
     }
 
     #[test]
-    fn parse_flags_anywhere() {
+    fn parse_flags_before_the_marker() {
         let c = parse(&args(&[
             "--host",
             "unix:/tmp/x",
-            "1",
-            "6",
             "--max-size",
             "512K",
-            "0",
-            "sh",
             "--proc",
             "/snap",
+            "--",
+            "1",
+            "6",
+            "0",
+            "sh",
         ]))
         .unwrap();
         assert_eq!(c.host.as_deref(), Some("unix:/tmp/x"));
@@ -200,11 +229,50 @@ mod tests {
         assert_eq!(c.crash.exe, "sh");
     }
 
+    /// `%e` is the crashing process's own choice: whatever it is, it stays the name.
+    #[test]
+    fn parse_process_names_that_look_like_flags_are_names() {
+        let core_pattern = |name: &[&str]| {
+            let mut a = vec!["--", "42", "11", "1700000000"];
+            a.extend_from_slice(name);
+            parse(&args(&a))
+        };
+        for name in ["-h", "--help", "--host", "--", "--output", "--spool", "-"] {
+            let c = core_pattern(&[name]).unwrap();
+            assert_eq!(c.crash.exe, name);
+            assert_eq!(c.crash.pid, 42);
+        }
+        // A kernel older than 5.3 splits `%e` at spaces: still one name, nothing redirected.
+        let c = core_pattern(&["--host", "unix:/evil", "--output", "/tmp"]).unwrap();
+        assert_eq!(c.crash.exe, "--host unix:/evil --output /tmp");
+        assert!(c.host.is_none() && c.output.is_none());
+        assert_eq!(c.spool, PathBuf::from(crate::spool::DEFAULT_DIR));
+    }
+
+    #[test]
+    fn parse_values_without_the_marker_are_refused() {
+        assert_eq!(
+            parse(&args(&["1", "2", "3", "e"])),
+            Err(ArgsError::NoMarker(Some("1".into())))
+        );
+        assert_eq!(
+            parse(&args(&["--spool", "/s"])),
+            Err(ArgsError::NoMarker(None))
+        );
+        assert_eq!(
+            parse(&args(&["--host", "unix:/x", "1", "--", "2", "3", "e"])),
+            Err(ArgsError::NoMarker(Some("1".into())))
+        );
+    }
+
     #[test]
     fn parse_bad_input_is_a_clear_error() {
-        assert_eq!(parse(&args(&["1", "2"])), Err(ArgsError::Positional(2)));
+        assert_eq!(
+            parse(&args(&["--", "1", "2"])),
+            Err(ArgsError::Positional(2))
+        );
         assert!(matches!(
-            parse(&args(&["x", "2", "3", "e"])),
+            parse(&args(&["--", "x", "2", "3", "e"])),
             Err(ArgsError::BadNumber { what: "PID", .. })
         ));
         assert_eq!(
@@ -219,10 +287,28 @@ mod tests {
         assert_eq!(parse_size("8M"), Ok(8 << 20));
         assert_eq!(parse(&args(&["-h"])), Err(ArgsError::Help));
         assert!(matches!(
-            parse(&args(&["--memory-source", "disk", "1", "2", "3", "e"])),
+            parse(&args(&[
+                "--memory-source",
+                "disk",
+                "--",
+                "1",
+                "2",
+                "3",
+                "e"
+            ])),
             Err(ArgsError::BadChoice { .. })
         ));
-        let c = parse(&args(&["--memory-source", "core", "1", "2", "3", "e"])).unwrap();
+        let c = parse(&args(&[
+            "--memory-source",
+            "core",
+            "--",
+            "1",
+            "2",
+            "3",
+            "e",
+        ]))
+        .unwrap();
         assert_eq!(c.memory_source, MemorySource::Core);
+        assert!(ArgsError::NoMarker(None).to_string().contains("--"));
     }
 }

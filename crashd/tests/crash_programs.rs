@@ -28,7 +28,7 @@ fn convert_piped(
     let sig = signal.to_string();
     let mut args = vec!["--output", out_dir.to_str().unwrap(), "--proc", "/proc"];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&[&pid, &sig, "1700000000", "crashme"]);
+    args.extend_from_slice(&["--", &pid, &sig, "1700000000", "crashme"]);
     let out = run_collector(&args, &crash.kernel_core());
     assert!(out.status.success(), "{}", show(&out));
     single_report(&out_dir)
@@ -166,7 +166,7 @@ fn abort_read_from_the_gcore_file_has_signal_6_and_no_fault_address() {
             "--core",
             crash.core.to_str().unwrap(),
         ])
-        .args([pid.as_str(), "6", "1700000000", "crashme"])
+        .args(["--", pid.as_str(), "6", "1700000000", "crashme"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
@@ -280,6 +280,7 @@ fn truncated_core_gives_a_partial_minidump_and_a_clear_note() {
             out_dir.to_str().unwrap(),
             "--memory-source",
             "core",
+            "--",
             &pid,
             "11",
             "1700000000",
@@ -307,6 +308,7 @@ fn garbage_on_stdin_still_gives_a_report_from_proc() {
     let args = [
         "--output",
         out_dir.to_str().unwrap(),
+        "--",
         &pid,
         "11",
         "1700000000",

@@ -58,7 +58,7 @@ fn collect(dir: &Path, core: &Path, pid: &str, time: &str) -> std::process::Outp
         .arg(dir.join("spool"))
         .arg("--core")
         .arg(core)
-        .args([pid, "11", time, "crashme"])
+        .args(["--", pid, "11", time, "crashme"])
         .output()
         .unwrap()
 }
