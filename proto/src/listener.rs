@@ -100,10 +100,11 @@ impl Listener {
     /// Once the listener is stopped this returns an `Accept` error ("listener stopped"),
     /// as a blocking accept on a shut-down socket would.
     pub fn accept(&self) -> Result<(OwnedFd, Peer), TransportError> {
-        self.accept_or_stop()?.ok_or_else(|| TransportError::Accept {
-            addr: self.addr.to_string(),
-            source: io::Error::other("listener stopped"),
-        })
+        self.accept_or_stop()?
+            .ok_or_else(|| TransportError::Accept {
+                addr: self.addr.to_string(),
+                source: io::Error::other("listener stopped"),
+            })
     }
 
     /// Like [`accept`](Self::accept), but a stop is `Ok(None)` rather than an error: for

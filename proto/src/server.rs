@@ -156,7 +156,10 @@ impl GrpcServer {
         self.listeners.clear();
         let started = Instant::now();
         if !shutdown_grpc(self.shared.clone(), SHUTDOWN_TIMEOUT) {
-            let on = addresses.iter().map(ToString::to_string).collect::<Vec<_>>();
+            let on = addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>();
             eprintln!(
                 "the gRPC server on [{}] did not shut down within {:.1}s; abandoning it",
                 on.join(", "),

@@ -50,7 +50,8 @@ pub fn eventfd_raise(fd: BorrowedFd<'_>) {
 
 /// Blocks until `a` or `b` is readable (or in error); returns which, as (a, b).
 pub fn poll_readable(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
-    let ready = |revents: libc::c_short| revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    let ready =
+        |revents: libc::c_short| revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
     let mut fds = [
         libc::pollfd {
             fd: a.as_raw_fd(),

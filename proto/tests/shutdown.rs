@@ -159,7 +159,10 @@ fn blocking_accept_on_vsock_returns_an_error_once_stopped() {
         let _ = tx.send(l.accept().map(drop).map_err(|e| e.to_string()));
     });
     std::thread::sleep(Duration::from_millis(100));
-    assert!(rx.try_recv().is_err(), "accept returned with nobody connecting");
+    assert!(
+        rx.try_recv().is_err(),
+        "accept returned with nobody connecting"
+    );
     let start = Instant::now();
     waker.wake();
     let result = rx.recv_timeout(HANG).expect("accept did not wake");
@@ -179,7 +182,10 @@ fn accept_or_stop_on_unix_wakes_and_accepts_before_that() {
     let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
     let (_fd, peer) = listener.accept_or_stop().unwrap().expect("a connection");
     let me = std::process::id() as i32;
-    assert!(matches!(peer, vm_proto::Peer::Unix { pid, .. } if pid == me), "{peer:?}");
+    assert!(
+        matches!(peer, vm_proto::Peer::Unix { pid, .. } if pid == me),
+        "{peer:?}"
+    );
     let l = listener.clone();
     let handle = std::thread::spawn(move || l.accept_or_stop().map(|c| c.is_none()));
     std::thread::sleep(Duration::from_millis(100));
@@ -210,6 +216,9 @@ fn hung_grpc_shutdown_is_abandoned_after_the_timeout() {
     let _ = f.release.send(());
     let _ = client.join();
     eprintln!("a hung gRPC shutdown returned after {took:?}");
-    assert!(took >= SHUTDOWN_TIMEOUT, "took {took:?}: was it really hung?");
+    assert!(
+        took >= SHUTDOWN_TIMEOUT,
+        "took {took:?}: was it really hung?"
+    );
     assert!(took < SHUTDOWN_TIMEOUT + BOUND, "took {took:?}");
 }

@@ -1,13 +1,21 @@
-//! The VM's child processes (hypervisor, vhost-device-vsock, host-mode maitred) and the
-//! small things done to them: spawn so they die with us, wait for a helper's socket, copy
-//! the console, signal, stop through the hypervisor's own channel.
+//! The VM's child processes (hypervisor, vhost-device-vsock, host-mode maitred) as guards:
+//! each is killed and reaped when dropped, so an early error leaves none running. Signals
+//! go only to a child we have not reaped: its pid cannot have been reused.
+//!
+//! The hypervisor's waiter thread learns of its exit with `waitid(WNOWAIT)`, which leaves
+//! the zombie in place; only the guard reaps it, after the last signal it may send.
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use super::{io, LaunchError, HELPER_START};
 use crate::hypervisor::Stop;
@@ -21,25 +29,140 @@ pub(super) fn spawn_child(mut command: Command, program: &str) -> Result<Child, 
     })
 }
 
-/// Waits for a socket file the helper creates when it is ready; it offers no other signal.
-pub(super) fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), LaunchError> {
-    let deadline = Instant::now() + HELPER_START;
-    while !path.exists() {
-        if let Ok(Some(status)) = helper.try_wait() {
-            return Err(io("vhost-device-vsock")(std::io::Error::other(format!(
-                "exited during start-up ({status})"
-            ))));
-        }
-        if Instant::now() > deadline {
-            return Err(io("vhost-device-vsock")(std::io::Error::other(format!(
-                "{} did not appear within {}s",
-                path.display(),
-                HELPER_START.as_secs()
-            ))));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+/// vhost-device-vsock (or any helper that does not exit with the hypervisor).
+pub(super) struct Helper {
+    child: Child,
+}
+
+impl Helper {
+    pub(super) fn spawn(command: Command, program: &str) -> Result<Helper, LaunchError> {
+        spawn_child(command, program).map(|child| Helper { child })
     }
-    Ok(())
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a socket file the helper creates when it is ready; it offers no other signal.
+    pub(super) fn wait_for_socket(&mut self, path: &Path) -> Result<(), LaunchError> {
+        let deadline = Instant::now() + HELPER_START;
+        while !path.exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(io("vhost-device-vsock")(std::io::Error::other(format!(
+                    "exited during start-up ({status})"
+                ))));
+            }
+            if Instant::now() > deadline {
+                return Err(io("vhost-device-vsock")(std::io::Error::other(format!(
+                    "{} did not appear within {}s",
+                    path.display(),
+                    HELPER_START.as_secs()
+                ))));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL (by dropping).
+    pub(super) fn stop(mut self, grace: Duration) {
+        // try_wait reaps: once it says exited, the pid is no longer ours to signal.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(self.child.id(), Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        // Child::kill does nothing once a wait has seen the exit, so never hits a reused pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The hypervisor (or host-mode maitred): its exit arrives on `exit`; dropping it kills and
+/// reaps it.
+pub(super) struct Hypervisor {
+    child: Child,
+    pub(super) exit: Receiver<String>,
+    status: Option<String>,
+}
+
+impl Hypervisor {
+    pub(super) fn spawn(command: Command, program: &str) -> Result<Hypervisor, LaunchError> {
+        let child = spawn_child(command, program)?;
+        let (tx, exit) = bounded(1);
+        let pid = Pid::from_raw(child.id() as i32);
+        // Sees the exit without reaping it (WNOWAIT): the zombie keeps the pid ours.
+        std::thread::spawn(move || loop {
+            match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(status) => return drop(tx.send(describe_wait(status))),
+                Err(e) => return drop(tx.send(e.to_string())),
+            }
+        });
+        Ok(Hypervisor {
+            child,
+            exit,
+            status: None,
+        })
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(super) fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Records an exit status received from `exit` elsewhere (a `select!`).
+    pub(super) fn exited(&mut self, status: String) -> String {
+        self.status = Some(status.clone());
+        status
+    }
+
+    /// Has it exited, waiting up to `within`?
+    pub(super) fn wait_exit(&mut self, within: Duration) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        match self.exit.recv_timeout(within) {
+            Ok(status) => {
+                self.status = Some(status);
+                true
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
+        }
+    }
+
+    /// Safe whatever its state: it is reaped only in `drop`, so the pid is still its own.
+    pub(super) fn signal(&self, sig: Signal) {
+        signal(self.child.id(), sig);
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.signal(Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
 }
 
 /// Copies the hypervisor's stdout (the serial console) to the log file, and to our stdout
@@ -83,19 +206,11 @@ pub fn print_console_tail(path: &Path, lines: usize) {
     eprintln!("--- end of the guest console ---");
 }
 
-pub(super) fn signal(pid: i32, signal: i32) {
-    if pid > 0 {
-        // SAFETY: kill takes plain integers; pid > 0 names one process, never a group.
-        unsafe { libc::kill(pid, signal) };
-    }
-}
-
-pub(super) fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (_, Some(sig)) => format!("killed by signal {sig}"),
-        _ => status.to_string(),
+fn describe_wait(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit code {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("killed by signal {}", sig as i32),
+        other => format!("{other:?}"),
     }
 }
 

@@ -1,34 +1,38 @@
-//! One VM's life: lease → token → host services → vsock helper → hypervisor → VmReady →
-//! application → teardown. Every child dies with the launcher (PR_SET_PDEATHSIG), and
-//! teardown runs in order: Shutdown RPC, the hypervisor's own stop, SIGTERM, SIGKILL.
+//! One VM's life: reclaim leftovers → lease → token → run dir → host services → vsock
+//! helper → TAP → hypervisor → VmReady → application → teardown. Each boot step returns a
+//! guard that undoes it on drop (see `steps`), so a failed boot leaves nothing behind.
+//! Every child also dies with the launcher (PR_SET_PDEATHSIG), and teardown runs in
+//! order: Shutdown RPC, the hypervisor's own stop, SIGTERM, SIGKILL.
 
 mod children;
+mod reclaim;
+mod steps;
 
 pub use children::print_console_tail;
-use children::{
-    describe, request_stop, signal, spawn_child, tee_console, wait_for_socket, write_private,
-};
+pub use reclaim::reclaim;
 use std::fmt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::Receiver;
+use nix::sys::signal::Signal;
 use vm_proto::protos::common::EmptyMessage;
 use vm_proto::protos::guest::{
     IPv4Config, LaunchProcessRequest, LaunchProcessResponse, NetworkConfigRequest,
 };
 use vm_proto::protos::guest_grpc::MaitredClient;
-use vm_proto::{CallError, Connector, GuestParams, Listener, Token};
+use vm_proto::{CallError, Connector, Token};
 
 use crate::backend::{self, Backend};
 use crate::host_services::{CrashConfig, HostServices, VmEvent};
-use crate::hypervisor::{HvCommand, HypervisorError, NetSpec, Rootfs, Stop, VmSpec};
-use crate::log_forward::{LogForwarder, LogSink};
+use crate::hypervisor::{HypervisorError, Rootfs, Stop};
+use crate::log_forward::LogSink;
 use crate::pool::{Lease, Pool, PoolConfig, PoolError};
 use crate::tap::Tap;
+use children::{request_stop, Helper, Hypervisor};
+use steps::{HvStart, RunDir};
 
 const SHUTDOWN_RPC_DEADLINE: Duration = Duration::from_secs(2);
 /// A TCG guest needs a few seconds to power off after Shutdown.
@@ -36,6 +40,8 @@ const POWER_OFF_WAIT: Duration = Duration::from_secs(15);
 const STOP_WAIT: Duration = Duration::from_secs(5);
 const TERM_WAIT: Duration = Duration::from_secs(5);
 const HELPER_START: Duration = Duration::from_secs(10);
+/// How long vhost-device-vsock gets to exit on SIGTERM.
+const HELPER_STOP: Duration = Duration::from_secs(2);
 const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct VmOptions {
@@ -129,35 +135,40 @@ pub enum Ended {
     Signal(i32),
 }
 
+/// A booted VM. Its fields drop in declaration order, which is teardown order: the
+/// hypervisor is killed and reaped first, the lease is released last.
 pub struct RunningVm {
-    pub lease: Lease,
+    hv: Hypervisor,
+    helper: Option<Helper>,
+    tap: Option<Tap>,
+    pub host: HostServices,
+    /// Removes the run dir (console log, sockets, the token-bearing config) when dropped.
+    _dir: RunDir,
     pub rundir: PathBuf,
     pub serial_log: PathBuf,
-    pub host: HostServices,
+    /// Where maitred listens (its gRPC port); other guest ports are on the same transport.
+    pub maitred_addr: vm_proto::Address,
+    /// The VM's access token, for streams that are not gRPC calls (process I/O).
+    pub token: Token,
     maitred: Connector,
-    hv_pid: i32,
-    hv_exit: Receiver<String>,
-    hv_status: Option<String>,
-    helper: Option<Child>,
     stop: Option<Stop>,
-    tap: Option<Tap>,
     show_console: Arc<AtomicBool>,
+    pub lease: Lease,
 }
 
 impl RunningVm {
-    /// Boots a VM and waits until maitred reports ready.
+    /// Boots a VM and waits until maitred reports ready. On any error everything acquired
+    /// so far is released again (each step's guard drops).
     pub fn boot(opts: VmOptions) -> Result<RunningVm, LaunchError> {
         let pool = Pool::open(opts.pool.clone()).map_err(LaunchError::Pool)?;
+        reclaim(&pool);
         let lease = pool
             .allocate(opts.name.as_deref())
             .map_err(LaunchError::Pool)?;
         let token = Token::generate().map_err(LaunchError::Token)?;
-        let rundir = opts.pool.runtime_dir.join("vms").join(lease.id());
-        let _ = std::fs::remove_dir_all(&rundir); // a crashed launcher's leftovers
-        std::fs::create_dir_all(&rundir).map_err(io(format!("creating {}", rundir.display())))?;
-        std::fs::set_permissions(&rundir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(io(format!("securing {}", rundir.display())))?;
-
+        let runtime = &opts.pool.runtime_dir;
+        let dir = RunDir::create(runtime, &lease)?;
+        let rundir = dir.path().to_path_buf();
         let wiring = backend::wiring(
             &opts.backend,
             &rundir,
@@ -165,150 +176,56 @@ impl RunningVm {
             lease.host_port(),
             opts.use_vhost,
         );
-        let params = GuestParams {
-            token: token.clone(),
-            host_port: lease.host_port(),
-            vm_id: lease.id().to_string(),
-        };
-        let mut cmdline = vec!["console=ttyS0".to_string(), "panic=-1".to_string()];
-        if opts.console_to_stdout {
-            cmdline.push("quiet".to_string());
-        }
-        cmdline.extend(opts.params.iter().cloned());
-        cmdline.push(params.to_cmdline());
-        let cmdline = cmdline.join(" ");
-
+        let cmdline = steps::kernel_cmdline(&opts.params, opts.console_to_stdout, &lease, &token);
         let trusted_pid = Arc::new(AtomicI32::new(0));
-        let listener = Listener::bind(&wiring.host_listen).map_err(LaunchError::Transport)?;
-        let host = HostServices::start(
-            lease.id(),
-            token.clone(),
-            listener,
-            backend::peer_filter(lease.cid(), trusted_pid.clone()),
-            LogForwarder::new(lease.id(), opts.logs),
+        let host = steps::start_host_services(
+            &lease,
+            &token,
+            &wiring,
+            trusted_pid.clone(),
+            opts.logs,
             opts.crash,
-        )
-        .map_err(LaunchError::Server)?;
-
-        let mut helper = None;
-        if let Some(args) = &wiring.vsock_helper {
-            let mut command = Command::new(&opts.vhost_device_vsock);
-            command
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
-            let mut child = spawn_child(command, &opts.vhost_device_vsock.display().to_string())?;
-            trusted_pid.store(child.id() as i32, Ordering::SeqCst);
-            if let crate::hypervisor::VsockBackend::VhostUser { socket } = &wiring.vsock {
-                if let Err(e) = wait_for_socket(socket, &mut child) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(e);
-                }
-            }
-            helper = Some(child);
-        }
-
-        let tap = match opts.net {
-            true => Some(Tap::create(lease.cid(), &lease.net()).map_err(LaunchError::Tap)?),
-            false => None,
-        };
-        let net = tap.as_ref().map(|t| NetSpec {
-            tap: t.name.clone(),
-            mac: lease.mac(),
-            host_ip: t.host_ip,
-            netmask: t.netmask,
-        });
-
+        )?;
+        let helper = steps::start_helper(&opts.vhost_device_vsock, &wiring, &trusted_pid)?;
+        let tap = steps::create_tap(opts.net, &lease, runtime)?;
         let serial_log = rundir.join("console.log");
-        let log_file = std::fs::File::create(&serial_log)
-            .map_err(io(format!("creating {}", serial_log.display())))?;
         let show_console = Arc::new(AtomicBool::new(false));
-        let (mut hypervisor, stop) = match &opts.backend {
-            Backend::Process { maitred } => {
-                let cmdline_file = rundir.join("cmdline");
-                write_private(&cmdline_file, &cmdline)?;
-                let mut command = Command::new(maitred);
-                command
-                    .arg("--listen")
-                    .arg(wiring.maitred.to_string())
-                    .arg("--host")
-                    .arg(wiring.host_listen.to_string())
-                    .arg("--cmdline")
-                    .arg(&cmdline_file)
-                    .arg("--services")
-                    .arg(rundir.join("services"))
-                    .stdin(Stdio::null())
-                    .stderr(log_file);
-                let child = spawn_child(command, &maitred.display().to_string())?;
-                trusted_pid.store(child.id() as i32, Ordering::SeqCst);
-                show_console.store(opts.console_to_stdout, Ordering::SeqCst);
-                (child, None)
-            }
-            _ => {
-                let kernel = opts
-                    .kernel
-                    .clone()
-                    .ok_or(LaunchError::Missing("--kernel"))?;
-                let spec = VmSpec {
-                    name: lease.id().to_string(),
-                    kernel,
-                    initrd: opts.initrd.clone(),
-                    rootfs: opts.rootfs.clone(),
-                    mem_mib: opts.mem_mib,
-                    cpus: opts.cpus,
-                    cmdline,
-                    serial_log: None,
-                    control_socket: rundir.join("control.sock"),
-                    vsock: wiring.vsock.clone(),
-                    net,
-                    private_dir: rundir.clone(),
-                };
-                let hv = opts
-                    .backend
-                    .hypervisor()
-                    .ok_or(LaunchError::Missing("a hypervisor"))?;
-                let command: HvCommand = hv.command(&spec).map_err(LaunchError::Hypervisor)?;
-                command
-                    .write_private_files()
-                    .map_err(LaunchError::Hypervisor)?;
-                let mut std_command = command.to_command();
-                std_command.stdin(Stdio::null()).stdout(Stdio::piped());
-                let spawned = spawn_child(std_command, &command.program.to_string_lossy());
-                let mut child = spawned?;
-                if let Some(out) = child.stdout.take() {
-                    tee_console(out, log_file, show_console.clone());
-                }
-                (child, Some(hv.stop(&spec)))
-            }
-        };
-
-        let (tx, hv_exit) = bounded(1);
-        let hv_pid = hypervisor.id() as i32;
-        // The only waiter for the hypervisor; teardown signals it by pid.
-        std::thread::spawn(move || {
-            let status = hypervisor.wait().map_or_else(|e| e.to_string(), describe);
-            let _ = tx.send(status);
-        });
-
+        let (hv, stop) = steps::start_hypervisor(HvStart {
+            backend: &opts.backend,
+            kernel: opts.kernel.as_ref(),
+            initrd: opts.initrd.as_ref(),
+            rootfs: opts.rootfs.as_ref(),
+            mem_mib: opts.mem_mib,
+            cpus: opts.cpus,
+            console_to_stdout: opts.console_to_stdout,
+            lease: &lease,
+            rundir: &rundir,
+            wiring: &wiring,
+            cmdline,
+            tap: tap.as_ref(),
+            serial_log: &serial_log,
+            show_console: show_console.clone(),
+            trusted_pid: &trusted_pid,
+        })?;
         let maitred = Connector::new(
             vm_proto::grpc_environment("launcher"),
-            wiring.maitred,
-            token,
+            wiring.maitred.clone(),
+            token.clone(),
         );
         let mut vm = RunningVm {
-            lease,
+            hv,
+            helper,
+            tap,
+            host,
+            _dir: dir,
             rundir,
             serial_log,
-            host,
+            maitred_addr: wiring.maitred,
+            token,
             maitred,
-            hv_pid,
-            hv_exit,
-            hv_status: None,
-            helper,
             stop,
-            tap,
             show_console,
+            lease,
         };
         if let Err(e) = vm.wait_ready(opts.boot_timeout, opts.console_to_stdout) {
             // The run directory goes with the teardown: show the console now.
@@ -354,9 +271,8 @@ impl RunningVm {
                     Ok(_) => {}
                     Err(_) => return Err(LaunchError::Missing("the host services")),
                 },
-                recv(self.hv_exit) -> status => {
-                    let status = status.unwrap_or_else(|_| "unknown".into());
-                    self.hv_status = Some(status.clone());
+                recv(self.hv.exit) -> status => {
+                    let status = self.hv.exited(status.unwrap_or_else(|_| "unknown".into()));
                     return Err(LaunchError::DiedDuringBoot {
                         id: self.lease.id().to_string(),
                         status,
@@ -370,6 +286,12 @@ impl RunningVm {
         }
         self.show_console.store(show_console, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Delivers once, when the hypervisor exits: for waiting on it beside other things (a
+    /// process stream). Teardown still sees the exit (the channel is then disconnected).
+    pub fn end_signal(&self) -> Receiver<String> {
+        self.hv.exit.clone()
     }
 
     pub fn id(&self) -> &str {
@@ -398,9 +320,8 @@ impl RunningVm {
                     Ok(_) => {}
                     Err(_) => return Ended::VmStopped("host services ended".into()),
                 },
-                recv(self.hv_exit) -> status => {
-                    let status = status.unwrap_or_else(|_| "unknown".into());
-                    self.hv_status = Some(status.clone());
+                recv(self.hv.exit) -> status => {
+                    let status = self.hv.exited(status.unwrap_or_else(|_| "unknown".into()));
                     return Ended::VmStopped(status);
                 },
                 recv(signals) -> signal => return Ended::Signal(signal.unwrap_or(0)),
@@ -408,24 +329,10 @@ impl RunningVm {
         }
     }
 
-    fn hypervisor_exited(&mut self, within: Duration) -> bool {
-        if self.hv_status.is_some() {
-            return true;
-        }
-        match self.hv_exit.recv_timeout(within) {
-            Ok(status) => {
-                self.hv_status = Some(status);
-                true
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => true,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
-        }
-    }
-
     /// Stops everything and releases every resource. `ask_guest`: try the Shutdown RPC first.
     pub fn teardown(mut self, ask_guest: bool) {
         self.show_console.store(false, Ordering::SeqCst);
-        if ask_guest && !self.hypervisor_exited(Duration::ZERO) {
+        if ask_guest && !self.hv.wait_exit(Duration::ZERO) {
             let _ = self.maitred.call(SHUTDOWN_RPC_DEADLINE, |ch, opt| {
                 MaitredClient::new(ch).shutdown_opt(&EmptyMessage::new(), opt)
             });
@@ -435,30 +342,25 @@ impl RunningVm {
         } else {
             Duration::ZERO
         };
-        if !self.hypervisor_exited(graceful) {
+        if !self.hv.wait_exit(graceful) {
             if let Some(stop) = self.stop.take() {
                 request_stop(&stop);
             }
-            if !self.hypervisor_exited(STOP_WAIT) {
-                signal(self.hv_pid, libc::SIGTERM);
-                if !self.hypervisor_exited(TERM_WAIT) {
-                    signal(self.hv_pid, libc::SIGKILL);
-                    self.hypervisor_exited(TERM_WAIT);
+            if !self.hv.wait_exit(STOP_WAIT) {
+                self.hv.signal(Signal::SIGTERM);
+                if !self.hv.wait_exit(TERM_WAIT) {
+                    self.hv.signal(Signal::SIGKILL);
+                    self.hv.wait_exit(TERM_WAIT);
                 }
             }
         }
-        if let Some(mut helper) = self.helper.take() {
+        if let Some(helper) = self.helper.take() {
             // vhost-device-vsock does not exit with the hypervisor.
-            signal(helper.id() as i32, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(helper.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = helper.kill();
-            let _ = helper.wait();
+            helper.stop(HELPER_STOP);
         }
         self.host.server.shutdown();
-        let _ = std::fs::remove_dir_all(&self.rundir);
-        // Dropping the lease (last) frees the id, CID, MAC, subnet and port.
+        // The rest goes as the fields drop, in order: the hypervisor is reaped, the tap
+        // deleted, the run dir removed, and last the lease frees the id, CID, MAC, subnet
+        // and port.
     }
 }
