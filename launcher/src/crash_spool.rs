@@ -3,11 +3,17 @@
 //! renamed into place) so a reader never sees half a report. Then the configured
 //! crash-reporter command is run with the two paths. Each VM's directory keeps only the
 //! newest N reports (`--crash-keep`, default 10): older pairs are removed after each store.
+//!
+//! Minidumps hold the guest's environment and stack memory: the spool and each VM's directory
+//! are 0700 and owned by the launcher's user (an existing one of another user, writable by
+//! others, or a symlink is refused: see `pool::private`), and every file is created 0600.
 
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use crate::pool::private;
 
 use vm_proto::protos::host::CrashReport;
 
@@ -39,7 +45,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
         source,
     };
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    // A fresh file, so its mode is ours (0600) and never a left-over's or a symlink's target.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let mut file = private::create_new_file(&tmp).map_err(err)?;
     file.write_all(bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
@@ -106,10 +117,12 @@ pub fn store(
         .and_then(|p| p.parse::<u32>().ok())
         .unwrap_or(0);
     let dir = spool.join(safe_name(vm_id, "vm"));
-    std::fs::create_dir_all(&dir).map_err(|source| SpoolError {
-        path: dir.clone(),
-        source,
-    })?;
+    for (path, parents) in [(spool, true), (dir.as_path(), false)] {
+        private::ensure_dir(path, parents).map_err(|e| SpoolError {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+    }
     let base = format!("{exe}.{}.{pid}", stamp(now_unix));
     let dmp = dir.join(format!("{base}.dmp"));
     let meta_path = dir.join(format!("{base}.meta"));

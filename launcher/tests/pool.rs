@@ -147,6 +147,10 @@ fn concurrent_processes_never_share_a_resource() {
     assert_eq!(listed.len(), PROCESSES);
     let pids: HashSet<u32> = holders.iter().map(|h| h.child.id()).collect();
     assert!(listed.iter().all(|info| pids.contains(&info.pid.unwrap())));
+    // Each record names its holder by pid and start time: `stop` may signal exactly these.
+    for info in &listed {
+        assert_eq!(info.live_pid(), info.pid.map(|p| p as i32), "{info:?}");
+    }
     drop(holders);
     assert_eq!(pool_in(dir.path()).list().unwrap(), []);
 }
@@ -157,9 +161,15 @@ fn kill_9_of_holder_frees_its_leases_at_once() {
     let pool = pool_in(dir.path());
     let mut holder = Holder::spawn(dir.path());
     let held = holder.lease();
-    assert_eq!(pool.list().unwrap().len(), 1);
+    let listed = pool.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].live_pid(), Some(holder.child.id() as i32));
 
     holder.kill_9();
+
+    // The record of a dead holder names no process, even read back after the kill.
+    assert_eq!(listed[0].live_pid(), None);
+    assert!(!listed[0].signal(nix::sys::signal::Signal::SIGTERM).unwrap());
 
     assert_eq!(pool.list().unwrap(), [], "a dead holder is not listed");
     let lease = pool.allocate(None).unwrap();

@@ -8,23 +8,36 @@
 //! the left-over file. A clean release of a VM id or MAC unlinks its file while still holding
 //! the lock (those namespaces are open-ended), so an allocator re-checks after locking that
 //! the file it locked is still the one at the path.
-//! The files hold `pid=… id=…` (the VM id's file the whole lease) for [`Pool::list`] only.
+//! The files hold `pid=… pid_start=… id=…` (the VM id's file the whole lease) for
+//! [`Pool::list`] and `stop`: `pid_start` is the holder's start time (see [`pid`]), so `stop`
+//! signals the holder only while that very process runs, never a process that reused its pid.
 //! Lock fds are close-on-exec: a hypervisor child never inherits (and so never keeps) a lease.
+//!
+//! Host state is private ([`private`]): the runtime dir, `leases/…` and `vms/` are 0700 and
+//! owned by the launcher's effective user, lock files 0600. Other users cannot lock a lease
+//! (a lock needs only an open fd, so a readable lock file would be enough), see who runs
+//! what, or plant files. A runtime dir owned by another user, writable by group or others,
+//! or a symlink is refused, for root too.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_proto::cmdline::{validate_vm_id, CmdlineError};
 
 mod addr;
+pub mod pid;
+pub mod private;
+mod sys;
 
 pub use addr::{Ipv4Subnet, MacAddr};
+pub use pid::ProcessId;
+pub use private::PrivateDirError;
+use sys::try_flock;
 
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/vm_launcher";
 /// Overrides [`DEFAULT_RUNTIME_DIR`] (a `--runtime-dir` flag overrides both).
@@ -142,6 +155,11 @@ pub enum PoolError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The runtime dir (or a directory in it) is not private: see [`private`].
+    NotPrivate {
+        path: PathBuf,
+        source: PrivateDirError,
+    },
 }
 
 impl fmt::Display for PoolError {
@@ -167,6 +185,11 @@ impl fmt::Display for PoolError {
                 }
                 Ok(())
             }
+            Self::NotPrivate { path, source } => write!(
+                f,
+                "refusing runtime directory {}: it {source}; remove it (or make it yours, mode 0700) or pick another with {FLAG_RUNTIME_DIR} or {RUNTIME_DIR_ENV}",
+                path.display()
+            ),
         }
     }
 }
@@ -176,6 +199,7 @@ impl std::error::Error for PoolError {
         match self {
             Self::BadName(err) => Some(err),
             Self::Io { source, .. } => Some(source),
+            Self::NotPrivate { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -193,27 +217,29 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Poo
     }
 }
 
-/// `flock(LOCK_EX|LOCK_NB)`: Ok(false) when another open file description holds it.
-fn try_flock(file: &File) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock takes an fd number and flags only; `file` is open for this call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(err),
-        }
-    }
+/// Creates or checks the private directory `path` (see [`private`]).
+fn private_dir(path: &Path, parents: bool) -> Result<(), PoolError> {
+    private::ensure_dir(path, parents).map_err(|source| match source {
+        PrivateDirError::Io { op, source } => PoolError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        },
+        source => PoolError::NotPrivate {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// Is `file` still the file at `path` (not unlinked by a releaser after we opened it)?
-fn still_linked(file: &File, path: &Path) -> bool {
+/// Returns its mode too when it is.
+fn still_linked(file: &File, path: &Path) -> Option<u32> {
     match (file.metadata(), fs::metadata(path)) {
-        (Ok(ours), Ok(now)) => ours.dev() == now.dev() && ours.ino() == now.ino(),
-        _ => false,
+        (Ok(ours), Ok(now)) if ours.dev() == now.dev() && ours.ino() == now.ino() => {
+            Some(ours.mode() & 0o7777)
+        }
+        _ => None,
     }
 }
 
@@ -237,7 +263,7 @@ impl LeaseFile {
             open.read(true).write(true);
             let file = match open.open(&path) {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    open.create(true).mode(0o644).open(&path)
+                    open.create(true).mode(private::FILE_MODE).open(&path)
                 }
                 other => other,
             }
@@ -245,7 +271,12 @@ impl LeaseFile {
             if !try_flock(&file).map_err(io_err("lock lease file", &path))? {
                 return Ok(None);
             }
-            if still_linked(&file, &path) {
+            if let Some(mode) = still_linked(&file, &path) {
+                // A file left by an older launcher (0644): nobody else may open it from now on.
+                if mode != private::FILE_MODE {
+                    file.set_permissions(fs::Permissions::from_mode(private::FILE_MODE))
+                        .map_err(io_err("set mode 0600 on lease file", &path))?;
+                }
                 return Ok(Some(LeaseFile { path, file, unlink }));
             }
         }
@@ -326,6 +357,9 @@ impl fmt::Display for Lease {
 pub struct LeaseInfo {
     pub id: String,
     pub pid: Option<u32>,
+    /// The holder's start time (`/proc/PID/stat` field 22); None in a record from a launcher
+    /// that did not write it, or one still being written.
+    pub pid_start: Option<u64>,
     pub cid: Option<u32>,
     pub mac: Option<MacAddr>,
     pub guest_ip: Option<Ipv4Addr>,
@@ -342,12 +376,38 @@ impl LeaseInfo {
         };
         LeaseInfo {
             pid: get("pid").and_then(|v| v.parse().ok()),
+            pid_start: get("pid_start").and_then(|v| v.parse().ok()),
             cid: get("cid").and_then(|v| v.parse().ok()),
             mac: get("mac").and_then(|v| v.parse().ok()),
             guest_ip: get("guest").and_then(|v| v.parse().ok()),
             gateway: get("gateway").and_then(|v| v.parse().ok()),
             host_port: get("host_port").and_then(|v| v.parse().ok()),
             id,
+        }
+    }
+
+    /// The holder as the record names it: pid and start time, both needed.
+    pub fn process(&self) -> Option<ProcessId> {
+        Some(ProcessId {
+            pid: self.pid?,
+            start: self.pid_start?,
+        })
+    }
+
+    /// The holder's pid, only if the process with that pid now is the one that took the
+    /// lease (same start time). None for a reused pid, an exited holder, or a record without
+    /// a start time.
+    pub fn live_pid(&self) -> Option<i32> {
+        self.process()?.live_pid()
+    }
+
+    /// Signals the holder if it still runs: Ok(true) if sent, Ok(false) if there is no such
+    /// process (exited, pid reused, no start time recorded). Race-free where pidfds exist:
+    /// see [`ProcessId::signal`].
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> io::Result<bool> {
+        match self.process() {
+            Some(process) => process.signal(signal),
+            None => Ok(false),
         }
     }
 }
@@ -362,19 +422,40 @@ pub struct Pool {
 const KINDS: [&str; 5] = ["id", "cid", "mac", "net", "port"];
 
 impl Pool {
-    /// Checks the config and creates `<runtime_dir>/leases/{id,cid,mac,net,port}`.
+    /// Checks the config, then creates (or checks and tightens) the private directories
+    /// `<runtime_dir>`, `leases/{id,cid,mac,net,port}` and `vms`, all 0700. A runtime dir of
+    /// another user, writable by group or others, or a symlink is refused
+    /// ([`PoolError::NotPrivate`]).
     pub fn open(config: PoolConfig) -> Result<Pool, PoolError> {
         config.validate()?;
-        let leases = config.runtime_dir.join("leases");
+        let runtime = &config.runtime_dir;
+        private_dir(runtime, true)?;
+        let leases = runtime.join("leases");
+        private_dir(&leases, false)?;
         for kind in KINDS {
-            let dir = leases.join(kind);
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&dir)
-                .map_err(io_err("create directory", &dir))?;
+            private_dir(&leases.join(kind), false)?;
         }
+        private_dir(&runtime.join("vms"), false)?;
         Ok(Pool { config, leases })
+    }
+
+    /// Where VM `id`'s run dir lives: `<runtime_dir>/vms/<id>`.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.config.runtime_dir.join("vms").join(id)
+    }
+
+    /// A fresh, empty run dir for the VM `lease` holds, mode 0700: anything a crashed
+    /// launcher left there is removed first.
+    pub fn create_run_dir(&self, lease: &Lease) -> Result<PathBuf, PoolError> {
+        let dir = self.run_dir(lease.id());
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("remove old run directory", &dir)(e))
+            }
+            _ => {}
+        }
+        private_dir(&dir, false)?;
+        Ok(dir)
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -420,10 +501,15 @@ impl Pool {
             host_port,
         };
         let pid = std::process::id();
+        // Without /proc the record has no start time, and `stop` then signals nothing.
+        let pid = match pid::own_start_time() {
+            Some(start) => format!("pid={pid} pid_start={start}"),
+            None => format!("pid={pid}"),
+        };
         for part in &lease.parts {
-            part.record(&format!("pid={pid} id={}\n", lease.id))?;
+            part.record(&format!("{pid} id={}\n", lease.id))?;
         }
-        lease.id_file.record(&format!("pid={pid} {lease}\n"))?;
+        lease.id_file.record(&format!("{pid} {lease}\n"))?;
         Ok(lease)
     }
 
@@ -512,7 +598,7 @@ impl Pool {
                 continue;
             }; // released meanwhile
             if try_flock(&file).map_err(io_err("lock lease file", &path))? {
-                if still_linked(&file, &path) {
+                if still_linked(&file, &path).is_some() {
                     let _ = fs::remove_file(&path);
                 }
                 continue;
