@@ -4,6 +4,7 @@
 //! a process whose start time still matches the one its lease recorded.
 
 use std::io;
+use std::sync::Mutex;
 
 use super::sys;
 
@@ -26,9 +27,20 @@ pub fn start_time(pid: u32) -> Option<u64> {
     parse_start_time(&stat)
 }
 
-/// This process's own start time, recorded in each lease it takes.
+/// This process's own start time, recorded in each lease it takes. Read once per process
+/// (the pid is part of the key: a forked child reads its own).
 pub fn own_start_time() -> Option<u64> {
-    start_time(std::process::id())
+    static OWN: Mutex<Option<(u32, u64)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    match *own {
+        Some((cached, start)) if cached == pid => Some(start),
+        _ => {
+            let start = start_time(pid)?;
+            *own = Some((pid, start));
+            Some(start)
+        }
+    }
 }
 
 /// A process as a lease records it.
