@@ -384,12 +384,27 @@ pub fn stop(ids: Vec<String>, all: bool, runtime: Option<PathBuf>) -> ExitCode {
             })
             .collect()
     };
-    for lease in &targets {
-        if let Some(pid) = lease.pid {
-            // The VM's launcher tears everything down on SIGTERM.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-    }
+    // The VM's launcher tears everything down on SIGTERM. The lease records its launcher's
+    // start time, so a pid since reused by another process is never signalled.
+    let targets: Vec<_> = targets
+        .into_iter()
+        .filter(|lease| match lease.signal(Signal::SIGTERM) {
+            Ok(true) => true,
+            Ok(false) => {
+                eprintln!(
+                    "vm_launcher: VM {}: its launcher (pid {:?}) is no longer running; not signalling it",
+                    lease.id, lease.pid
+                );
+                missing = true;
+                false
+            }
+            Err(e) => {
+                eprintln!("vm_launcher: VM {}: cannot signal its launcher: {e}", lease.id);
+                missing = true;
+                false
+            }
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     for lease in &targets {
         while pool

@@ -1,0 +1,64 @@
+//! The floor for scripts/bench-io: a plain vsock stream with nothing in between.
+//!
+//! `vsock-bench sink PORT`: accept one connection, read it to its end, print the count.
+//! `vsock-bench source PORT BYTES`: accept one connection, write BYTES zero bytes, close.
+
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+
+fn listen_accept(port: u32) -> std::fs::File {
+    // SAFETY: plain socket calls on a sockaddr_vm that lives on the stack for their duration;
+    // every return value is checked before the fd is used.
+    unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        addr.svm_port = port;
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len);
+        assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+        assert!(libc::listen(fd, 1) == 0, "listen");
+        println!("listening on {port}");
+        let conn = libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC);
+        assert!(conn >= 0, "accept: {}", std::io::Error::last_os_error());
+        libc::close(fd);
+        std::fs::File::from_raw_fd(conn)
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let port = |i: usize| args.get(i).and_then(|p| p.parse().ok()).expect("PORT");
+    match args.get(1).map(String::as_str) {
+        Some("sink") => {
+            let mut conn = listen_accept(port(2));
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            }
+            println!("received {total}");
+        }
+        Some("source") => {
+            let bytes: u64 = args.get(3).and_then(|b| b.parse().ok()).expect("BYTES");
+            let mut conn = listen_accept(port(2));
+            let buf = vec![0u8; 1 << 16];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                conn.write_all(&buf[..n]).expect("write");
+                left -= n as u64;
+            }
+            println!("sent {bytes}");
+        }
+        _ => {
+            eprintln!("usage: vsock-bench sink PORT | source PORT BYTES");
+            std::process::exit(2);
+        }
+    }
+}
