@@ -174,7 +174,9 @@ pub fn exit_code(ended: &Ended, what: &str, vm: &str) -> u8 {
             crate::commands::EXIT_LAUNCHER_FAILED.into()
         }
         Ended::VmStopped(status) => {
-            eprintln!("vm_launcher: VM {vm} stopped before {what} ended ({status})");
+            eprintln!(
+                "vm_launcher: VM {vm} stopped before {what} ended ({status}); --console shows the guest's console"
+            );
             crate::commands::EXIT_LAUNCHER_FAILED.into()
         }
         Ended::Interrupted(signal) => {

@@ -205,9 +205,6 @@ pub fn run(mut args: RunArgs) -> ExitCode {
         }
         Err(e) => attach::Ended::Failed(e.to_string()),
     };
-    if let attach::Ended::VmStopped(_) | attach::Ended::Lost(_) = ended {
-        crate::vm::print_console_tail(&vm.serial_log, 40);
-    }
     let code = attach::exit_code(&ended, &format!("{:?}", app[0]), vm.id());
     let guest_running = !matches!(ended, attach::Ended::VmStopped(_));
     vm.teardown(guest_running);

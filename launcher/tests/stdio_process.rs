@@ -358,7 +358,8 @@ fn stream_refuses_bad_tokens_and_bad_frames_and_runs_nothing() {
         reply
     };
     let wrong = vm_proto::Token::generate().unwrap();
-    let cases: Vec<(&str, Vec<(u8, Vec<u8>)>)> = vec![
+    type Frames = Vec<(u8, Vec<u8>)>;
+    let cases: Vec<(&str, Frames)> = vec![
         (
             "wrong token",
             vec![(1, stream::hello_payload(&wrong)), (2, start.clone())],
