@@ -173,6 +173,29 @@ impl LogForwarder {
         }
     }
 
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+
+    /// A line from the launcher itself (what the rate limit dropped, say) into this VM's
+    /// log, where a reader sees the gap, tagged like the VM's own records; also on stderr
+    /// when the log goes elsewhere, so `--log-dest none` hides nothing.
+    pub fn notice(&self, text: &str) {
+        let mut record = LogRecord::new();
+        record.set_severity(LogSeverity::WARNING);
+        record.set_app_name("vm_launcher".into());
+        record.set_pid(std::process::id());
+        record.set_content(text.as_bytes().to_vec());
+        self.forward(false, &[record]);
+        let terminal = matches!(
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).output,
+            Output::Terminal
+        );
+        if !terminal {
+            let _ = writeln!(std::io::stderr(), "vm_launcher: VM({}) {text}", self.vm_id);
+        }
+    }
+
     /// One terminal line a record: `VM(<id>) <source>.<severity> <app>[<pid>]: <content>`.
     pub fn format(&self, kernel: bool, record: &LogRecord) -> String {
         let source = if kernel { "kernel" } else { "user" };
