@@ -11,6 +11,9 @@ use vm_proto::stream::WindowSize;
 use crate::spawn::{ChildStdio, SpawnError};
 use crate::sys;
 
+/// The size of each stdio pipe of a streamed process.
+const PIPE_SIZE: libc::c_int = 256 * 1024;
+
 /// maitred's ends of a streamed process's stdio.
 pub struct SessionFds {
     /// Where stdin bytes go: the pipe's write end, or the terminal's master.
@@ -42,6 +45,9 @@ pub fn pipes() -> Result<(ChildStdio, SessionFds), SpawnError> {
     let (err_r, err_w) = pipe()?;
     for ours in [&in_w, &out_r, &err_r] {
         sys::set_nonblocking(ours.as_fd()).map_err(setup("fcntl O_NONBLOCK"))?;
+        // Room for several 64 KiB chunks: fewer wake-ups per MiB on a slow guest. Only a
+        // kernel buffer, still bounded; the default 64 KiB is fine if the kernel refuses.
+        let _ = nix::fcntl::fcntl(ours.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
     }
     Ok((
         ChildStdio {

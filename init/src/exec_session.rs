@@ -138,6 +138,8 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
     let (stdin_tx, stdin_rx) = unbounded();
     // Stdin bytes received and not yet written: never more than the credit window.
     let held = Arc::new(AtomicU64::new(0));
+    let stdin = Arc::new(stdin);
+    let direct = Some(stdin.clone());
     let writer = {
         let (sink, stop, held) = (sink.clone(), stop.clone(), held.clone());
         std::thread::spawn(move || write_stdin(stdin, &stdin_rx, &sink, &stop, &held, tty))
@@ -151,6 +153,8 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
                 master,
                 held,
                 stdin: Some(stdin_tx),
+                direct,
+                unreported: 0,
             };
             std::thread::spawn(move || read_host(conn, host, &sink, &finished));
         }
@@ -184,10 +188,22 @@ fn pump(from: OwnedFd, kind: Kind, sink: &FrameSink, stop: &Stop) {
     let mut frame = DataFrame::new();
     let mut stopping = false;
     let mut drained = 0usize;
+    // After a short read the fd is (almost surely) empty: wait before reading again rather
+    // than pay for a read that fails with EAGAIN (system calls are dear in an emulated guest).
+    let mut wait_first = false;
     loop {
+        if wait_first && !stopping {
+            wait_first = false;
+            match sys::wait_or_stop(from.as_fd(), PollFlags::POLLIN, stop.pipe_r.as_fd()) {
+                Ok((_, true)) => stopping = true,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
         match nix::unistd::read(&from, frame.space()) {
             Ok(0) => return,
             Ok(n) => {
+                wait_first = n < stream::DATA_CHUNK;
                 if sink.send_raw(frame.frame(kind, n)).is_err() {
                     return; // the host is gone: closing `from` gives the process EPIPE
                 }
@@ -215,12 +231,14 @@ fn pump(from: OwnedFd, kind: Kind, sink: &FrameSink, stop: &Stop) {
 
 enum StdinMsg {
     Data(Vec<u8>),
+    /// Bytes the reader wrote itself: give them back to the host as credit.
+    Credit(u32),
     Eof,
 }
 
 /// Writes stdin data as the process takes it; grants the credit back after each chunk.
 fn write_stdin(
-    to: OwnedFd,
+    to: Arc<OwnedFd>,
     rx: &Receiver<StdinMsg>,
     sink: &FrameSink,
     stop: &Stop,
@@ -228,6 +246,9 @@ fn write_stdin(
     tty: bool,
 ) {
     let mut to = Some(to);
+    // Credit is given back in batches: one small frame per quarter window, or as soon as
+    // nothing more is waiting here (the host may be waiting for it).
+    let mut taken: u32 = 0;
     loop {
         let msg = select! {
             recv(rx) -> msg => msg.unwrap_or(StdinMsg::Eof),
@@ -243,7 +264,15 @@ fn write_stdin(
                     }
                 }
                 held.fetch_sub(data.len() as u64, Ordering::SeqCst);
-                let _ = sink.send(Kind::StdinCredit, &(data.len() as u32).to_be_bytes());
+                taken += data.len() as u32;
+                if taken >= STDIN_WINDOW / 4 || rx.is_empty() {
+                    let _ = sink.send(Kind::StdinCredit, &taken.to_be_bytes());
+                    taken = 0;
+                }
+            }
+            StdinMsg::Credit(n) => {
+                let _ = sink.send(Kind::StdinCredit, &(taken + n).to_be_bytes());
+                taken = 0;
             }
             StdinMsg::Eof => {
                 if let (true, Some(fd)) = (tty, &to) {
@@ -254,6 +283,23 @@ fn write_stdin(
             }
         }
     }
+}
+
+/// Writes as much of `data` as a non-blocking fd takes now; any error leaves the rest (and
+/// the error) to the writer.
+fn write_now(fd: &OwnedFd, mut data: &[u8]) -> usize {
+    let mut written = 0;
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => {
+                written += n;
+                data = &data[n..];
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    written
 }
 
 /// Writes all of `data` to a non-blocking fd; `Ok(false)` if stopped first.
@@ -282,6 +328,10 @@ struct Host {
     held: Arc<AtomicU64>,
     /// None after STDIN_EOF.
     stdin: Option<Sender<StdinMsg>>,
+    /// The process's stdin, for writing without the writer thread while nothing is queued.
+    direct: Option<Arc<OwnedFd>>,
+    /// Bytes written here and not yet given back as credit (batched: every half window).
+    unreported: u32,
 }
 
 /// Frames from the host until it closes. Breaking the protocol ends the session.
@@ -292,7 +342,7 @@ fn read_host(mut conn: UnixStream, mut host: Host, sink: &FrameSink, finished: &
             Ok(frame) => frame,
             Err(e) => break e,
         };
-        if let Err(e) = handle(&frame, &mut host) {
+        if let Err(e) = handle(frame, &mut host) {
             break e;
         }
     };
@@ -309,14 +359,14 @@ fn read_host(mut conn: UnixStream, mut host: Host, sink: &FrameSink, finished: &
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
-fn handle(frame: &Frame, host: &mut Host) -> Result<(), FrameError> {
+fn handle(frame: Frame, host: &mut Host) -> Result<(), FrameError> {
     let during = "while the process runs";
     match frame.kind {
         Kind::Stdin => {
             // Credit: granted STDIN_WINDOW, given back as the process takes its input.
             let len = frame.payload.len() as u64;
-            let held = host.held.fetch_add(len, Ordering::SeqCst) + len;
-            if held > u64::from(STDIN_WINDOW) || len == 0 {
+            let before = host.held.fetch_add(len, Ordering::SeqCst);
+            if before + len > u64::from(STDIN_WINDOW) || len == 0 {
                 return Err(FrameError::BadPayload {
                     kind: frame.kind,
                     len: frame.payload.len(),
@@ -328,7 +378,26 @@ fn handle(frame: &Frame, host: &mut Host) -> Result<(), FrameError> {
                     during: "after STDIN_EOF",
                 });
             };
-            let _ = tx.send(StdinMsg::Data(frame.payload.clone()));
+            // Nothing queued for the writer: write what the process takes right now here,
+            // without waking the writer, and queue only the rest (order is kept: the queue
+            // is empty).
+            let written = match (&host.direct, before) {
+                (Some(fd), 0) => write_now(fd, &frame.payload),
+                _ => 0,
+            };
+            if written > 0 {
+                host.held.fetch_sub(written as u64, Ordering::SeqCst);
+                host.unreported += written as u32;
+                if host.unreported >= STDIN_WINDOW / 2 {
+                    let _ = tx.send(StdinMsg::Credit(host.unreported));
+                    host.unreported = 0;
+                }
+            }
+            if written < frame.payload.len() {
+                let mut rest = frame.payload;
+                rest.drain(..written);
+                let _ = tx.send(StdinMsg::Data(rest));
+            }
         }
         Kind::StdinCredit | Kind::Stdout | Kind::Stderr => {
             return Err(FrameError::Unexpected {
@@ -337,18 +406,23 @@ fn handle(frame: &Frame, host: &mut Host) -> Result<(), FrameError> {
             })
         }
         Kind::StdinEof => {
+            host.direct = None; // the writer's is then the last reference: its drop is EOF
             if let Some(tx) = host.stdin.take() {
+                if host.unreported > 0 {
+                    let _ = tx.send(StdinMsg::Credit(host.unreported));
+                    host.unreported = 0;
+                }
                 let _ = tx.send(StdinMsg::Eof);
             }
         }
         Kind::Resize => {
-            let size = stream::decode_resize(frame)?;
+            let size = stream::decode_resize(&frame)?;
             if let Some(master) = &host.master {
                 let _ = sys::set_window_size(master, size);
             }
         }
         Kind::Signal => {
-            let signal = stream::decode_signal(frame)?;
+            let signal = stream::decode_signal(&frame)?;
             // SAFETY: kill takes plain integers; pid > 0 names our one child process.
             unsafe { libc::kill(host.pid, signal) };
         }
@@ -367,6 +441,8 @@ mod tests {
             master: None,
             held: Arc::new(AtomicU64::new(0)),
             stdin,
+            direct: None,
+            unreported: 0,
         }
     }
 
@@ -379,13 +455,13 @@ mod tests {
             payload: vec![b'x'; n],
         };
         let window = STDIN_WINDOW as usize;
-        handle(&chunk(window), &mut host).unwrap();
+        handle(chunk(window), &mut host).unwrap();
         assert!(matches!(rx.try_recv(), Ok(StdinMsg::Data(d)) if d.len() == window));
-        let err = handle(&chunk(1), &mut host).unwrap_err();
+        let err = handle(chunk(1), &mut host).unwrap_err();
         assert!(matches!(err, FrameError::BadPayload { .. }), "{err}");
         // Once written and credited back, the host may send again.
         host.held.store(0, Ordering::SeqCst);
-        handle(&chunk(1), &mut host).unwrap();
+        handle(chunk(1), &mut host).unwrap();
     }
 
     #[test]
@@ -396,7 +472,7 @@ mod tests {
                 kind,
                 payload: vec![],
             };
-            let err = handle(&frame, &mut host).unwrap_err();
+            let err = handle(frame, &mut host).unwrap_err();
             assert!(matches!(err, FrameError::Unexpected { .. }), "{err}");
         }
     }

@@ -2,6 +2,11 @@
 //!
 //! `vsock-bench sink PORT`: accept one connection, read it to its end, print the count.
 //! `vsock-bench source PORT BYTES`: accept one connection, write BYTES zero bytes, close.
+//! `vsock-bench relay-out PORT`: accept one connection, copy stdin into it, close.
+//! `vsock-bench relay-in PORT`: accept one connection, copy it to stdout.
+//!
+//! The relays are the floor for a process's stdio: the same pipe between the process and the
+//! relay as maitred has, but a plain vsock stream instead of maitred's framed one.
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -20,11 +25,26 @@ fn listen_accept(port: u32) -> std::fs::File {
         let rc = libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len);
         assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
         assert!(libc::listen(fd, 1) == 0, "listen");
-        println!("listening on {port}");
+        eprintln!("listening on {port}");
         let conn = libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC);
         assert!(conn >= 0, "accept: {}", std::io::Error::last_os_error());
         libc::close(fd);
         std::fs::File::from_raw_fd(conn)
+    }
+}
+
+/// Copies with the same 64 KiB chunks maitred uses.
+fn copy(from: &mut impl Read, to: &mut impl Write) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -56,8 +76,16 @@ fn main() {
             }
             println!("sent {bytes}");
         }
+        Some("relay-out") => {
+            let mut conn = listen_accept(port(2));
+            copy(&mut std::io::stdin().lock(), &mut conn);
+        }
+        Some("relay-in") => {
+            let mut conn = listen_accept(port(2));
+            copy(&mut conn, &mut std::io::stdout().lock());
+        }
         _ => {
-            eprintln!("usage: vsock-bench sink PORT | source PORT BYTES");
+            eprintln!("usage: vsock-bench sink PORT | source PORT BYTES | relay-out PORT | relay-in PORT");
             std::process::exit(2);
         }
     }
