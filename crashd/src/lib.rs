@@ -1,5 +1,5 @@
 //! crash_collector: the guest's core dump handler. The kernel pipes a crashed process's ELF
-//! core into it (core_pattern `|/sbin/crash_collector %P %s %t %e`); it turns the core and
+//! core into it (core_pattern `|/sbin/crash_collector -- %P %s %t %e`); it turns the core and
 //! the process's /proc entries into a minidump and sends that, with metadata and the process
 //! tree, to the host's CrashListener.
 //!

@@ -21,9 +21,12 @@ pub const TRANSPORT_MAX_DUMP: u64 = (4 << 20) - (64 << 10);
 pub struct SendError(pub CallError);
 
 impl SendError {
-    /// The host refused the message as too large (RESOURCE_EXHAUSTED).
+    /// The host refused the message as too large (RESOURCE_EXHAUSTED, and not its rate
+    /// limit, which answers with the same code: such a report is kept for later).
     pub fn too_large(&self) -> bool {
-        self.0.code() == Some(RpcStatusCode::RESOURCE_EXHAUSTED)
+        let rate_limited = matches!(&self.0, CallError::Rpc { status, .. }
+            if status.message().starts_with(vm_proto::CRASH_RATE_LIMITED));
+        self.0.code() == Some(RpcStatusCode::RESOURCE_EXHAUSTED) && !rate_limited
     }
 }
 
@@ -62,5 +65,25 @@ impl Sender {
             })
             .map(|_| ())
             .map_err(SendError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grpcio::RpcStatus;
+
+    fn refused(message: &str) -> SendError {
+        SendError(CallError::Rpc {
+            addr: "unix:/x".into(),
+            status: RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, message.into()),
+        })
+    }
+
+    #[test]
+    fn too_large_is_not_the_rate_limit() {
+        assert!(refused("Received message larger than max").too_large());
+        let limited = format!("{}: keep it and try later", vm_proto::CRASH_RATE_LIMITED);
+        assert!(!refused(&limited).too_large());
     }
 }

@@ -21,7 +21,7 @@ use crate::log_forward::LogSink;
 use crate::pool::{default_runtime_dir, Pool, PoolConfig};
 use crate::stream_client;
 use crate::sys;
-use crate::vm::{Ended, RunningVm, VmOptions};
+use crate::vm::{Ended, LaunchError, RunningVm, VmOptions};
 use crate::vm_info;
 
 /// Exit status when the VM could not run the application to its end.
@@ -64,7 +64,12 @@ fn runtime_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(default_runtime_dir)
 }
 
-fn options(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<VmOptions, String> {
+fn options(
+    args: RunArgs,
+    logs: LogSink,
+    console_to_stdout: bool,
+    signals: &Receiver<i32>,
+) -> Result<VmOptions, String> {
     let runtime = runtime_dir(args.runtime_dir);
     let backend = match args.hypervisor {
         HypervisorName::Qemu => Backend::Qemu(Qemu::new(args.accel)),
@@ -98,6 +103,7 @@ fn options(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<VmOp
         },
         logs,
         console_to_stdout,
+        interrupt: Some(signals.clone()),
         vhost_device_vsock: args.vhost_device_vsock,
         use_vhost: std::fs::OpenOptions::new()
             .read(true)
@@ -156,9 +162,20 @@ fn prepare_container(args: &mut RunArgs) -> Result<Option<Container>, String> {
 }
 
 /// Options from the command line, then a booted VM; a failure is reported on stderr.
-fn boot(args: RunArgs, logs: LogSink, console_to_stdout: bool) -> Result<RunningVm, ExitCode> {
-    let opts = options(args, logs, console_to_stdout).map_err(fail)?;
-    RunningVm::boot(opts).map_err(fail)
+fn boot(
+    args: RunArgs,
+    logs: LogSink,
+    console_to_stdout: bool,
+    signals: &Receiver<i32>,
+) -> Result<RunningVm, ExitCode> {
+    let opts = options(args, logs, console_to_stdout, signals).map_err(fail)?;
+    RunningVm::boot(opts).map_err(|e| match e {
+        LaunchError::Interrupted { signal, .. } => {
+            eprintln!("vm_launcher: {e}");
+            ExitCode::from((128 + signal).clamp(0, 255) as u8)
+        }
+        e => fail(e),
+    })
 }
 
 /// Where guest logs go unless --log-dest says: the host's syslog if it has one. Never the
@@ -185,7 +202,7 @@ pub fn run(mut args: RunArgs) -> ExitCode {
     let logs = args.log_dest.clone().unwrap_or_else(default_log_dest);
     let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
     let console = args.console;
-    let vm = match boot(args, logs, console) {
+    let vm = match boot(args, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
@@ -311,7 +328,7 @@ fn serve_detached(mut args: RunArgs) -> ExitCode {
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
     let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
     let console = args.console;
-    let mut vm = match boot(args, logs, console) {
+    let mut vm = match boot(args, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };

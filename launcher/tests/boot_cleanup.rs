@@ -323,6 +323,7 @@ fn boot_in_process(env: &Env, qemu: &Path, helper: &Path) -> LaunchError {
         },
         logs: LogSink::Discard,
         console_to_stdout: false,
+        interrupt: None,
         vhost_device_vsock: helper.to_path_buf(),
         use_vhost: false,
     };

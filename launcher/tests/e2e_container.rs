@@ -42,7 +42,7 @@ fn run_in_container(extra: &[&str], script: &str) -> std::process::Output {
 fn container_app_sees_its_own_root_pid1_and_hostname_and_its_code_comes_back() {
     let out = run_in_container(
         &[],
-        "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /; exit 4",
+        "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls / | tr '\\n' ' '; exit 4",
     );
     assert_eq!(out.status.code(), Some(4), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

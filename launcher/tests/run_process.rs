@@ -227,8 +227,8 @@ fn ctrl_c_shuts_the_vm_down_and_exits_130() {
     )
     .unwrap();
     let output = child.wait_with_output().unwrap();
+    // SIGINT went to the application (as Ctrl-C would locally), which died of it.
     assert_eq!(output.status.code(), Some(130));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("shutting VM ctrlc down"));
     assert!(!alive(maitred_pid));
     assert_eq!(
         std::fs::read_dir(dir.path().join("vms")).unwrap().count(),

@@ -193,6 +193,46 @@ fn run_forwards_sigterm_to_the_application() {
     assert_eq!(status.code(), Some(7));
 }
 
+/// An application that ignores SIGINT: the second one within 3 s stops the VM anyway.
+#[test]
+fn run_gives_up_on_a_second_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = run_cmd(
+        dir.path(),
+        &[
+            "sh",
+            "-c",
+            "trap '' INT; echo ready; while :; do sleep 0.1; done",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("signal 2: gave up waiting"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("vms")).unwrap().count(),
+        0
+    );
+}
+
 /// The host's `head -1` goes away: the application gets SIGPIPE, as it would locally.
 #[test]
 fn run_gives_the_application_sigpipe_when_our_reader_is_gone() {

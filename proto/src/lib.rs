@@ -30,6 +30,10 @@ pub use listener::{Listener, Peer};
 pub use server::{GrpcServer, ServerError};
 pub use transport::{connect, connect_with_timeout, TransportError};
 
+/// How the host's crash report rate limit begins its RESOURCE_EXHAUSTED message. The same
+/// code also means "too large"; a rate-limited report is kept and sent again later.
+pub const CRASH_RATE_LIMITED: &str = "crash report rate limit";
+
 /// The vsock port maitred serves `Maitred` on inside the guest.
 pub const MAITRED_PORT: u32 = 8888;
 /// The vsock CID of the host, as seen from a guest.

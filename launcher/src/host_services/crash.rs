@@ -25,7 +25,7 @@ const REPORTER_POLL: Duration = Duration::from_millis(50);
 
 /// The words a refusal over the per-minute limit carries (crash_collector can tell it from
 /// a message that is too large, which shares the status code).
-pub const RATE_LIMITED: &str = "crash report rate limit";
+pub const RATE_LIMITED: &str = vm_proto::CRASH_RATE_LIMITED;
 
 struct StoreJob {
     report: CrashReport,

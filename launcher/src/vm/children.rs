@@ -165,8 +165,8 @@ fn signal(pid: u32, sig: Signal) {
     }
 }
 
-/// Copies the hypervisor's stdout (the serial console) to the log file, and to our stdout
-/// once `show` is set.
+/// Copies the hypervisor's stdout (the serial console) to the log file, and to our stderr
+/// once `show` is set (`--console`; stdout belongs to the application).
 pub(super) fn tee_console(
     mut from: impl Read + Send + 'static,
     mut log: std::fs::File,
@@ -180,7 +180,7 @@ pub(super) fn tee_console(
                 Ok(n) => {
                     let _ = log.write_all(&buf[..n]);
                     if show.load(Ordering::SeqCst) {
-                        let mut out = std::io::stdout().lock();
+                        let mut out = std::io::stderr().lock();
                         let _ = out.write_all(&buf[..n]);
                         let _ = out.flush();
                     }

@@ -59,8 +59,10 @@ pub struct VmOptions {
     pub boot_timeout: Duration,
     pub crash: CrashConfig,
     pub logs: LogSink,
-    /// Copy the serial console to stdout once the VM is ready (`run`).
+    /// Copy the serial console to stderr once the VM is ready (`--console`).
     pub console_to_stdout: bool,
+    /// Signals that abandon the boot (the caller's SIGINT/SIGTERM channel), if any.
+    pub interrupt: Option<Receiver<i32>>,
     pub vhost_device_vsock: PathBuf,
     pub use_vhost: bool,
 }
@@ -83,6 +85,11 @@ pub enum LaunchError {
     BootTimeout {
         id: String,
         secs: u64,
+    },
+    /// A signal (SIGINT, SIGTERM, …) arrived while the VM was booting.
+    Interrupted {
+        id: String,
+        signal: i32,
     },
     DiedDuringBoot {
         id: String,
@@ -107,6 +114,9 @@ impl fmt::Display for LaunchError {
                 f,
                 "VM {id} did not report ready within {secs}s (its console is shown above); raise --boot-timeout if the host is slow"
             ),
+            Self::Interrupted { id, signal } => {
+                write!(f, "signal {signal} while VM {id} was booting: stopped it")
+            }
             Self::DiedDuringBoot { id, status } => write!(
                 f,
                 "VM {id} stopped during boot ({status}); its console is shown above"
@@ -227,9 +237,16 @@ impl RunningVm {
             show_console,
             lease,
         };
-        if let Err(e) = vm.wait_ready(opts.boot_timeout, opts.console_to_stdout) {
-            // The run directory goes with the teardown: show the console now.
-            print_console_tail(&vm.serial_log, 40);
+        let ready = vm.wait_ready(
+            opts.boot_timeout,
+            opts.console_to_stdout,
+            opts.interrupt.as_ref(),
+        );
+        if let Err(e) = ready {
+            if !matches!(e, LaunchError::Interrupted { .. }) {
+                // The run directory goes with the teardown: show the console now.
+                print_console_tail(&vm.serial_log, 40);
+            }
             vm.teardown(false);
             return Err(e);
         }
@@ -262,8 +279,15 @@ impl RunningVm {
             .map_err(LaunchError::Call)
     }
 
-    fn wait_ready(&mut self, timeout: Duration, show_console: bool) -> Result<(), LaunchError> {
+    fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        show_console: bool,
+        interrupt: Option<&Receiver<i32>>,
+    ) -> Result<(), LaunchError> {
         let deadline = crossbeam_channel::after(timeout);
+        let none = crossbeam_channel::never();
+        let interrupt = interrupt.unwrap_or(&none);
         loop {
             crossbeam_channel::select! {
                 recv(self.host.events) -> event => match event {
@@ -282,6 +306,16 @@ impl RunningVm {
                     id: self.lease.id().to_string(),
                     secs: timeout.as_secs(),
                 }),
+                recv(interrupt) -> signal => {
+                    if let Ok(signal) = signal {
+                        if signal != libc::SIGWINCH {
+                            return Err(LaunchError::Interrupted {
+                                id: self.lease.id().to_string(),
+                                signal,
+                            });
+                        }
+                    }
+                }
             }
         }
         self.show_console.store(show_console, Ordering::SeqCst);
