@@ -21,6 +21,9 @@ use crate::listener::{Listener, Peer};
 
 /// The largest request a server accepts.
 pub const MAX_MESSAGE_BYTES: i32 = 16 << 20;
+/// The most connections one server keeps open at once; more are closed as they arrive. A
+/// guest needs a handful (maitred's, vm_syslog's, crash_collector's), a host as few.
+pub const MAX_CONNECTIONS: usize = 16;
 /// How long [`GrpcServer::shutdown`] waits for grpcio before abandoning its server.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -53,14 +56,37 @@ struct Shared {
     server: Mutex<Server>,
     filter: PeerFilter,
     refused: AtomicU64,
+    /// Connections handed to grpcio, as (fd number, socket inode): grpcio owns and closes
+    /// the fds, so whether one is still open is asked of /proc, never held open by us.
+    live: Mutex<Vec<(i32, u64)>>,
+    refused_busy: AtomicU64,
+}
+
+/// The inode of the socket open as `fd` in this process, if it is open.
+fn socket_inode(fd: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 impl Shared {
+    /// Is there room for one more connection? Forgets the ones grpcio has closed.
+    fn has_room(&self) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.retain(|(fd, inode)| socket_inode(*fd) == Some(*inode));
+        live.len() < MAX_CONNECTIONS
+    }
+
     fn add_connection(&self, fd: OwnedFd) {
         let Ok(mut server) = self.server.lock() else {
             return; // A panicked holder: drop the connection rather than spread the panic.
         };
         let raw = fd.into_raw_fd();
+        if let Some(inode) = socket_inode(raw) {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.push((raw, inode));
+        }
         // SAFETY: `raw` is a connected, non-blocking stream socket whose ownership we just
         // released; grpcio owns and closes it from here on and no other code touches it.
         unsafe { server.add_channel_from_fd(raw) };
@@ -100,6 +126,8 @@ impl GrpcServer {
             server: Mutex::new(server),
             filter,
             refused: AtomicU64::new(0),
+            live: Mutex::new(Vec::new()),
+            refused_busy: AtomicU64::new(0),
         });
         let mut this = GrpcServer {
             shared,
@@ -134,6 +162,11 @@ impl GrpcServer {
     /// How many connections the peer filter refused.
     pub fn refused_peers(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// How many connections were refused because [`MAX_CONNECTIONS`] were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refused_busy.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, then stops the gRPC server; in-flight calls are cancelled. Returns
@@ -195,6 +228,16 @@ fn accept_loop(shared: &Shared, listener: &Listener) {
     loop {
         match listener.accept_or_stop() {
             Ok(None) => break,
+            Ok(Some((_, peer))) if (shared.filter)(&peer) && !shared.has_room() => {
+                // Dropping the socket closes it: the peer sees its connection end at once.
+                let n = shared.refused_busy.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    eprintln!(
+                        "refused a connection on {} from {peer:?}: {MAX_CONNECTIONS} are open ({n} refused so far)",
+                        listener.address()
+                    );
+                }
+            }
             Ok(Some((fd, peer))) if (shared.filter)(&peer) => shared.add_connection(fd),
             Ok(Some((_, peer))) => {
                 // A foreign peer can make us log: only at the 1st, 2nd, 4th, 8th… refusal.
