@@ -65,26 +65,13 @@ fn parse(args: &[String]) -> Option<Args> {
     }
 }
 
-fn forwarded() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        set.add(s);
-    }
-    set
-}
 
 /// Entry point of `maitred --container-enter …` (the arguments after the flag).
 pub fn main(args: &[String]) -> ! {
     let Some(args) = parse(args) else {
         fail("usage: maitred --container-enter PID CWD -- ARGV...");
     };
-    let signals = forwarded();
+    let signals = container_init::forwarded();
     if let Err(e) = signals.thread_block() {
         fail(&format!("blocking signals: {}", e.desc()));
     }
@@ -140,15 +127,7 @@ fn wait_and_mirror(child: Pid, signals: SigSet) -> ! {
         match signals.wait() {
             Ok(Signal::SIGCHLD) => match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => {
-                    // Die of the same signal, without a second core dump of our own.
-                    let _ = nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_CORE,
-                        0,
-                        0,
-                    );
-                    sys::die_by_signal(signal as i32)
-                }
+                Ok(WaitStatus::Signaled(_, signal, _)) => sys::die_by_signal(signal as i32),
                 _ => {}
             },
             Ok(signal) => {

@@ -81,13 +81,16 @@ fn fail(message: &str) -> ! {
     std::process::exit(EXIT_SETUP_FAILED);
 }
 
-fn forwarded() -> SigSet {
+/// The signals a container's init (and `exec`'s) forwards to the process it runs; SIGCHLD
+/// tells it that process ended.
+pub(crate) fn forwarded() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGHUP,
+        Signal::SIGQUIT,
     ] {
         set.add(s);
     }
@@ -157,10 +160,7 @@ fn mirror(mut status_r: File, fallback: i32) -> ! {
     }
     let status = i32::from_ne_bytes(raw);
     if libc::WIFSIGNALED(status) {
-        let signal = libc::WTERMSIG(status);
-        // Die of the same signal, without a second core dump of our own.
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-        sys::die_by_signal(signal);
+        sys::die_by_signal(libc::WTERMSIG(status));
     }
     std::process::exit(libc::WEXITSTATUS(status));
 }
@@ -187,6 +187,8 @@ fn container_pid1(args: &Args, signals: SigSet, status_w: OwnedFd) -> ! {
     let app = match unsafe { nix::unistd::fork() } {
         Err(e) => fail(&format!("fork: {}", e.desc())),
         Ok(ForkResult::Child) => {
+            // With a terminal, its Ctrl-C reaches the application once, not through us too.
+            sys::take_terminal_foreground();
             let _ = signals.thread_unblock();
             let err = nix::unistd::execvp(&argv[0], &argv).unwrap_err();
             eprintln!("container: cannot execute {}: {}", args.argv[0], err.desc());

@@ -223,8 +223,10 @@ pub fn drop_bounding_cap(cap: u32) -> Result<(), Errno> {
 }
 
 /// Ends the process by `signal` with its default action (used to mirror how a contained
-/// application died). Falls back to exit(128 + signal) for a signal that does not kill.
+/// application died), without a second core dump of our own. Falls back to
+/// exit(128 + signal) for a signal that does not kill.
 pub fn die_by_signal(signal: i32) -> ! {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     // SAFETY: signal/sigprocmask/raise take plain values and a local, initialised sigset.
     unsafe {
         libc::signal(signal, libc::SIG_DFL);

@@ -553,6 +553,81 @@ mod tests {
     }
 
     #[test]
+    fn parse_exec_and_shell() {
+        let cli = parse(&args(&[
+            "exec", "-T", "-e", "A=b=c", "-w", "/srv", "--vm", "vm1", "--", "ls", "-l",
+        ]))
+        .unwrap();
+        let Cli::Exec(exec) = cli else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(exec.id, "vm1");
+        assert_eq!(exec.tty, Some(false));
+        assert_eq!(exec.env, vec![("A".to_string(), "b=c".to_string())]);
+        assert_eq!(exec.workdir.as_deref(), Some("/srv"));
+        assert!(exec.in_vm);
+        assert_eq!(exec.argv, args(&["ls", "-l"]));
+
+        let Cli::Exec(shell) = parse(&args(&["shell", "vm1"])).unwrap() else {
+            panic!()
+        };
+        assert_eq!((shell.tty, shell.argv), (Some(true), args(&["/bin/sh"])));
+
+        for (a, want) in [
+            (vec!["exec", "vm1"], "command after --"),
+            (vec!["exec", "--", "ls"], "which VM"),
+            (
+                vec!["exec", "-e", "novalue", "vm1", "--", "ls"],
+                "NAME=VALUE",
+            ),
+            (vec!["exec", "-x", "vm1", "--", "ls"], "unknown option"),
+            (vec!["shell", "a", "b"], "unexpected argument"),
+            (vec!["shell", "-t", "a"], "unknown option"),
+        ] {
+            let err = parse(&args(&a)).unwrap_err().to_string();
+            assert!(err.contains(want), "{a:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_run_tty_console_and_start_app() {
+        let Cli::Run(run) = parse(&args(&[
+            "run",
+            "--kernel",
+            "k",
+            "-t",
+            "--console",
+            "--",
+            "sh",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((run.tty, run.console), (Some(true), true));
+        let Cli::Start(start) = parse(&args(&[
+            "start",
+            "--kernel",
+            "k",
+            "--container",
+            "r",
+            "--",
+            "srv",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(start.app, args(&["srv"]));
+        let err = parse(&args(&["start", "--kernel", "k", "--container", "r"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs an application"), "{err}");
+        let Cli::List { json, .. } = parse(&args(&["list", "--json"])).unwrap() else {
+            panic!()
+        };
+        assert!(json);
+    }
+
+    #[test]
     fn parse_help_everywhere() {
         assert_eq!(parse(&[]).unwrap(), Cli::Help(USAGE));
         assert_eq!(

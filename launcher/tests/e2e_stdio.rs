@@ -14,15 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut data)
-        .unwrap();
-    data
-}
-
 fn sha256(data: &[u8]) -> String {
     let mut child = Command::new("sha256sum")
         .stdin(Stdio::piped())
@@ -39,23 +30,6 @@ fn sha256(data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-/// Runs `command` with `input` on stdin and collects everything, like a shell pipeline.
-fn pipe_through(mut command: Command, input: Vec<u8>) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
 }
 
 /// A busybox root with the applets these cases use.

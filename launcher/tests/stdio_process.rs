@@ -3,12 +3,15 @@
 //! sockets, fast enough to try every case. The QEMU suite (e2e_stdio.rs) repeats the
 //! essentials in a real guest over vsock.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{pipe_through, random_bytes};
 use vm_proto::stream::{self, Kind};
 
 fn launcher() -> PathBuf {
@@ -51,32 +54,6 @@ fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(2000)]),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Runs `command` with `input` on stdin and collects everything, like a shell pipeline.
-fn pipe_through(mut command: Command, input: Vec<u8>) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut data)
-        .unwrap();
-    data
 }
 
 #[test]

@@ -202,3 +202,32 @@ pub fn drain(sink: UnixDatagram, stop: Arc<AtomicBool>) -> std::thread::JoinHand
         }
     })
 }
+
+/// `len` random bytes from the kernel.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut data = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    data
+}
+
+/// Runs `command` with `input` on stdin and collects everything, like a shell pipeline.
+pub fn pipe_through(mut command: Command, input: Vec<u8>) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
