@@ -337,6 +337,44 @@ fn exec_runs_concurrent_processes_in_a_started_vm() {
     );
 }
 
+/// The host side goes away mid-stream (kill -9): the process is hung up (SIGHUP) and
+/// maitred lets go of it; the VM goes on serving.
+#[test]
+fn exec_client_killed_hangs_the_process_up() {
+    let vm = Started::new("stdio-hup", &[]);
+    let marker = vm.runtime.path().join("hung-up");
+    let script = format!(
+        "trap 'echo hup > {}; exit 0' HUP; echo ready; while :; do sleep 0.1; done",
+        marker.display()
+    );
+    let mut child = vm
+        .exec(&["--", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the process never got SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = vm
+        .exec(&["--", "echo", "still-here"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"still-here\n", "{}", show(&out));
+}
+
 #[test]
 fn exec_into_an_unknown_vm_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
