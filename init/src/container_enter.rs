@@ -1,11 +1,13 @@
 //! `exec` into the running application's container, as `docker exec` does, run as
-//! `maitred --container-enter PID CWD -- ARGV…` (a fresh single-threaded process): join the
-//! namespaces of the container process PID (mount, UTS, IPC, network, and its PID namespace
-//! for our child), give up the same privileges the application gave up, start ARGV in the
-//! container, and end the way it ended so maitred reports it faithfully.
+//! `maitred --container-enter PID CWD -- ARGV…` (a fresh single-threaded process): wait
+//! until the container whose init is PID is complete, join the namespaces of its PID 1
+//! (mount, UTS, IPC, network, and its PID namespace for our child), give up the same
+//! privileges the application gave up, start ARGV in the container, and end the way it
+//! ended so maitred reports it faithfully.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -19,14 +21,62 @@ use crate::sys;
 pub const FLAG: &str = "--container-enter";
 
 /// The namespaces joined, in order; the mount namespace last (after it, /proc is the
-/// container's). `pid_for_children`: the namespace the container's processes live in.
+/// container's).
 const NAMESPACES: &[(&str, CloneFlags)] = &[
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
-    ("pid_for_children", CloneFlags::CLONE_NEWPID),
+    ("pid", CloneFlags::CLONE_NEWPID),
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
+/// How long a container that is still being set up may take before `exec` gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The parent pid in a /proc/PID/stat line (the field after the state, which follows the
+/// last ')': the command name may hold anything).
+fn parent_of(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| parent_of(&stat))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The container's PID 1, once the container is complete: its init builds the root and only
+/// then starts the application, so "its PID 1 has a child" means namespaces and root are
+/// all in place. `outer` is the init maitred started (outside the PID namespace).
+fn wait_until_ready(outer: i32) -> Result<i32, String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(inner) = children_of(outer).first() {
+            if !children_of(*inner).is_empty() {
+                return Ok(*inner);
+            }
+        }
+        if !Path::new(&format!("/proc/{outer}")).exists() {
+            return Err("the application's container has ended".into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the application's container was not ready within {}s",
+                READY_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Rewrites `process` to run inside the container whose outer init is `pid`.
 pub fn wrap(pid: i32, mut process: ProcessSpec) -> ProcessSpec {
@@ -65,7 +115,6 @@ fn parse(args: &[String]) -> Option<Args> {
     }
 }
 
-
 /// Entry point of `maitred --container-enter …` (the arguments after the flag).
 pub fn main(args: &[String]) -> ! {
     let Some(args) = parse(args) else {
@@ -75,10 +124,11 @@ pub fn main(args: &[String]) -> ! {
     if let Err(e) = signals.thread_block() {
         fail(&format!("blocking signals: {}", e.desc()));
     }
+    let pid1 = wait_until_ready(args.pid).unwrap_or_else(|e| fail(&e));
     // Open every namespace first: after joining the mount namespace, /proc is another one.
     let mut namespaces = Vec::new();
     for (name, flag) in NAMESPACES {
-        let path = format!("/proc/{}/ns/{name}", args.pid);
+        let path = format!("/proc/{pid1}/ns/{name}");
         match File::open(&path) {
             Ok(file) => namespaces.push((file, *flag, path)),
             Err(e) => fail(&format!("{path}: {e}; has the container ended?")),
@@ -160,6 +210,26 @@ mod tests {
         let args = parse(&wrapped.argv[2..]).unwrap();
         assert_eq!((args.pid, args.cwd), (42, PathBuf::from("/srv")));
         assert_eq!(args.argv, strings(&["sh", "-c", "echo hi"]));
+    }
+
+    #[test]
+    fn parent_of_reads_past_any_command_name() {
+        assert_eq!(parent_of("7 (sh) S 1 7 7 0"), Some(1));
+        assert_eq!(parent_of("9 (a) (b c) R 42 9 9"), Some(42));
+        assert_eq!(parent_of("garbage"), None);
+        assert_eq!(parent_of("1 (x)"), None);
+    }
+
+    #[test]
+    fn children_of_finds_our_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = children_of(std::process::id() as i32).contains(&(child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found);
     }
 
     #[test]

@@ -164,7 +164,15 @@ fn exec_into_a_started_vm_and_its_container() {
     let output = |mut c: Command| c.stdin(Stdio::null()).output().unwrap();
 
     // Into the container by default; --vm runs in the VM itself.
-    let out = output(exec(&["--", "sh", "-c", "cat /tmp/mark; hostname"]));
+    // The application writes its mark as it starts; exec may come first.
+    let wait_mark =
+        "i=0; while [ ! -e /tmp/mark ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
+    let out = output(exec(&[
+        "--",
+        "sh",
+        "-c",
+        &format!("{wait_mark}; cat /tmp/mark; hostname"),
+    ]));
     assert_eq!(out.stdout, b"inside\ne2e-exec\n", "{}", show(&out));
     let out = output(exec(&[
         "--vm",
