@@ -2,7 +2,7 @@
 //! an unprivileged user of the VM and by root in a container. Each attack is a shell line
 //! printing `RESULT <name> <outcome>`; the test asserts every outcome, that the VM's token
 //! appears in nothing the attacker could read, and that the VM and its host services (logs,
-//! crash reports, Maitred) still work afterwards.
+//! crash reports, Maitred) still work afterwards, also after it floods them.
 //!
 //! One VM for everything (boots are slow under TCG): root prepares a busybox root in the VM
 //! for the container (`rootfs_dir`), then each attacker runs as its own LaunchProcess.
@@ -116,6 +116,15 @@ const AFTER: &str = r#"
 r vm-log-socket $([ -S /run/syslog/log ] && echo present || echo gone)
 logger -t attack-after "$MARKER-after"
 r alive yes
+"#;
+
+/// Root in a container floods the host: crash reports past the per-minute limit, and a burst
+/// of log lines.
+const FLOOD: &str = r#"
+i=0; while [ $i -lt 24 ]; do sh -c 'kill -SEGV $$'; i=$((i+1)); done
+seq 1 20000 | logger -t flood
+logger -t attack-flood "$MARKER-flood"
+r flood done
 "#;
 
 fn request(script: &str, marker: &str) -> LaunchProcessRequest {
@@ -374,8 +383,36 @@ fn attacks_from_an_unprivileged_user_and_a_container_fail_and_the_vm_keeps_worki
         );
     }
 
-    let wanted = [format!("{marker}-ctr"), format!("{marker}-after")];
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The floods: the host refuses crash reports past its per-minute limit (they stay in
+    // the guest's spool for later) and says so once; the VM and its services keep working.
+    let flood = attack(
+        &vm,
+        &conn,
+        "flood (root in a container)",
+        &in_container(FLOOD, &marker),
+    );
+    flood.expect("flood", "done");
+    attack(&vm, &conn, "after the flood", &request(AFTER, &marker)).expect("alive", "yes");
+    let launcher_log = vm.runtime.path().join("logs").join("attacks.log");
+    let refused = "refused a crash report over the rate limit";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = || std::fs::read_to_string(&launcher_log).is_ok_and(|t| t.contains(refused));
+    while !said() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        said(),
+        "{} does not say {refused:?}:\n{}",
+        launcher_log.display(),
+        std::fs::read_to_string(&launcher_log).unwrap_or_default()
+    );
+
+    let wanted = [
+        format!("{marker}-ctr"),
+        format!("{marker}-after"),
+        format!("{marker}-flood"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(90);
     let logged = |w: &String| seen.lock().unwrap().iter().any(|l| l.contains(w.as_str()));
     while Instant::now() < deadline && !wanted.iter().all(logged) {
         std::thread::sleep(Duration::from_millis(200));
