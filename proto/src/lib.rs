@@ -12,6 +12,7 @@ pub mod auth;
 #[cfg(feature = "grpc")]
 pub mod client;
 pub mod cmdline;
+pub mod disks;
 pub mod listener;
 #[cfg(feature = "grpc")]
 pub mod server;
