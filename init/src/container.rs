@@ -1,5 +1,6 @@
 //! LaunchProcess in a container, maitred's half: check the request, mount the container's
-//! root filesystem, check the program is in it, and turn the process into
+//! root filesystem (a device path, or a disk by identity: `disk:<ID>`, see `disks`), check
+//! the program is in it, and turn the process into
 //! `maitred --container-init …` (see `container_init`), which builds the namespaces.
 
 use std::fmt;
@@ -10,6 +11,7 @@ use nix::mount::MsFlags;
 use vm_proto::protos::guest::{ContainerSpec, ContainerSpec_oneof_rootfs};
 
 use crate::container_init;
+use crate::disks::{self, DiskError};
 use crate::spawn::{ProcessSpec, DEFAULT_PATH};
 
 /// Where container root filesystems are mounted in the VM.
@@ -21,6 +23,7 @@ static NEXT: AtomicU32 = AtomicU32::new(1);
 pub enum ContainerError {
     NoRootfs,
     BadRootfs(String),
+    Disk(DiskError),
     Mount {
         device: String,
         errno: nix::errno::Errno,
@@ -36,6 +39,7 @@ impl ContainerError {
     pub fn errno(&self) -> i32 {
         match self {
             Self::Mount { errno, .. } => *errno as i32,
+            Self::Disk(e) => e.errno(),
             Self::ProgramMissing { .. } | Self::BadRootfs(_) => libc::ENOENT,
             Self::NoRootfs | Self::NoSelf(_) => libc::EINVAL,
         }
@@ -47,6 +51,7 @@ impl fmt::Display for ContainerError {
         match self {
             Self::NoRootfs => write!(f, "container: rootfs_device or rootfs_dir is required"),
             Self::BadRootfs(path) => write!(f, "container: rootfs {path} is not a directory"),
+            Self::Disk(e) => write!(f, "container: root filesystem: {e}"),
             Self::Mount { device, errno } => write!(
                 f,
                 "container: cannot mount the root filesystem {device}: {}",
@@ -75,10 +80,17 @@ pub fn program_in_root(root: &Path, program: &str, path_var: &str) -> bool {
         .any(|dir| present(root.join(dir.trim_start_matches('/')).join(program)))
 }
 
-fn mount_rootfs(device: &str, spec: &ContainerSpec) -> Result<PathBuf, ContainerError> {
+fn mount_rootfs(source: &str, spec: &ContainerSpec) -> Result<PathBuf, ContainerError> {
+    let resolved = disks::resolve(source, disks::WAIT).map_err(ContainerError::Disk)?;
+    // Errors name the disk as asked for and as found.
+    let label = if resolved == source {
+        resolved.clone()
+    } else {
+        format!("{resolved} ({source})")
+    };
     let target = Path::new(MOUNT_BASE).join(NEXT.fetch_add(1, Ordering::SeqCst).to_string());
     let err = |errno| ContainerError::Mount {
-        device: device.to_string(),
+        device: label.clone(),
         errno,
     };
     std::fs::create_dir_all(&target).map_err(|e| {
@@ -94,7 +106,14 @@ fn mount_rootfs(device: &str, spec: &ContainerSpec) -> Result<PathBuf, Container
     if !spec.get_writable() {
         flags |= MsFlags::MS_RDONLY;
     }
-    nix::mount::mount(Some(device), &target, Some(fstype), flags, None::<&str>).map_err(err)?;
+    nix::mount::mount(
+        Some(resolved.as_str()),
+        &target,
+        Some(fstype),
+        flags,
+        None::<&str>,
+    )
+    .map_err(err)?;
     Ok(target)
 }
 

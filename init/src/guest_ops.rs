@@ -1,9 +1,12 @@
-//! Mount and SetTime: thin, validated wrappers over mount(2) and clock_settime(2).
+//! Mount and SetTime: thin, validated wrappers over mount(2) and clock_settime(2). A Mount
+//! source may name a disk by identity (`disk:<ID>`, see `disks`).
 
 use nix::mount::MsFlags;
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use vm_proto::protos::guest::{MountRequest, MountResponse, SetTimeRequest};
+
+use crate::disks;
 
 /// A validated Mount request: what mount(2) gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,12 @@ pub fn validate_mount(req: &MountRequest) -> Result<MountArgs, String> {
     let Some(flags) = MsFlags::from_bits(req.get_mountflags()) else {
         return Err(format!("unknown mount flags {:#x}", req.get_mountflags()));
     };
+    let source = req.get_source();
+    if source.starts_with(vm_proto::disks::SOURCE_PREFIX)
+        && vm_proto::disks::identity(source).is_none()
+    {
+        return Err(disks::DiskError::BadIdentity(source.to_string()).to_string());
+    }
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     Ok(MountArgs {
         source: opt(req.get_source()),
@@ -33,17 +42,32 @@ pub fn validate_mount(req: &MountRequest) -> Result<MountArgs, String> {
     })
 }
 
-/// Mount: the raw mount(2); its errno goes back in the response, not as an RPC error.
-/// It may block (a slow device, a network filesystem): never call it on a gRPC thread.
+/// Mount: the raw mount(2) after a `disk:<ID>` source is resolved to its device; the errno
+/// goes back in the response, not as an RPC error (ENOENT for a disk that is not there).
+/// It may block (waiting for a disk, a slow device, a network filesystem): never call it on
+/// a gRPC thread.
 pub fn mount(args: &MountArgs) -> MountResponse {
+    let mut resp = MountResponse::new();
+    let source = match args
+        .source
+        .as_deref()
+        .map(|s| disks::resolve(s, disks::WAIT))
+    {
+        None => None,
+        Some(Ok(device)) => Some(device),
+        Some(Err(e)) => {
+            crate::warn!("Mount on {}: {e}", args.target);
+            resp.set_error(e.errno());
+            return resp;
+        }
+    };
     let result = nix::mount::mount(
-        args.source.as_deref(),
+        source.as_deref(),
         args.target.as_str(),
         args.fstype.as_deref(),
         args.flags,
         args.options.as_deref(),
     );
-    let mut resp = MountResponse::new();
     if let Err(errno) = result {
         resp.set_error(errno as i32);
     }
@@ -114,5 +138,14 @@ mod tests {
         let args = validate_mount(&req).unwrap();
         assert_eq!(args.flags, MsFlags::MS_RDONLY);
         assert_eq!((args.source, args.fstype.as_deref()), (None, Some("tmpfs")));
+        req.set_source("disk:../../dev/sda".into());
+        assert!(validate_mount(&req)
+            .unwrap_err()
+            .contains("is not a disk identity"));
+        req.set_source("disk:disk3".into());
+        assert_eq!(
+            validate_mount(&req).unwrap().source.as_deref(),
+            Some("disk:disk3")
+        );
     }
 }

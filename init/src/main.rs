@@ -5,6 +5,8 @@
 //! - `reaper`: the single waiter that owns every exit status.
 //! - `spawn`: fork/exec with exec errors reported back; `services`: boot services, respawn.
 //! - `launch`, `network`, `guest_ops`: the work behind each RPC; `rpc`: the gRPC service.
+//! - `disks`: disks by identity (`disk:<ID>` → /dev/<name> by virtio-blk serial), and the
+//!   `vm_tools` disk mounted at boot.
 //! - `host`: calls to the host (VmReady, ApplicationExited); `shutdown`: the orderly end.
 //! - `container`: LaunchProcess in a container (mount, checks); `container_init`: the
 //!   re-executed `maitred --container-init` that builds the namespaces and reaps inside;
@@ -18,6 +20,7 @@ mod container;
 mod container_enter;
 mod container_init;
 mod context;
+mod disks;
 mod exec_io;
 mod exec_server;
 mod exec_session;

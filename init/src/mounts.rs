@@ -1,5 +1,9 @@
 //! The guest's mount table, mounted in order at boot and unmounted in reverse at shutdown.
 //!
+//! On a read-only root (a rootfs disk, no initramfs) every directory the VM writes to is a
+//! tmpfs: /tmp and /run always, /var (vm_syslog's and crash_collector's spool) and /mnt
+//! (mount points for Mount) when they are not writable; /dev is the kernel's devtmpfs.
+//!
 //! Every tmpfs has a size limit (a share of the VM's memory), so no writer can fill memory
 //! through one: the defaults (half the memory each) add up to more than the VM has.
 
@@ -104,6 +108,15 @@ pub const TABLE: &[MountEntry] = &[
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
         data: "mode=0755,size=25%",
+        when: When::NotWritable,
+        essential: false,
+    },
+    MountEntry {
+        source: "tmpfs",
+        target: "/mnt",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "mode=0755,size=1%",
         when: When::NotWritable,
         essential: false,
     },
@@ -267,6 +280,7 @@ mod tests {
         );
         assert_eq!(find("/dev/pts").data, "gid=5,mode=0620,ptmxmode=0666");
         assert_eq!(find("/var").when, When::NotWritable);
+        assert_eq!(find("/mnt").when, When::NotWritable);
         assert_eq!(find("/dev").when, When::NotMounted);
         assert!(!find("/sys/fs/cgroup").essential);
     }

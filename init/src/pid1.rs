@@ -1,7 +1,11 @@
 //! What only the VM's init does, before anything else: valid stdio, the mounts, kernel log
 //! output, the kernel's secrets kept from unprivileged readers (the token is on the kernel
-//! command line: see SECURITY.md), limits, the console, the hostname, lo, and the core dump
-//! pipe.
+//! command line: see SECURITY.md), limits, the console, the hostname, lo, the core dump
+//! pipe, and the `vm_tools` disk.
+//!
+//! The root may be an initramfs (writable) or a rootfs disk the kernel mounted read-only
+//! (no initramfs at all): nothing here writes outside the mount table's tmpfs mounts and
+//! devtmpfs (see `mounts`), so both boot the same way.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -31,6 +35,13 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 ];
 /// /proc/PID stays readable while crash_collector streams the dump, for this many dumps.
 pub const CORE_PIPE_LIMIT: &str = "4";
+/// Directories made at boot (after the mounts and [`hide_cmdline`], which makes
+/// /run/maitred root's alone), with their modes: containers' root filesystems, and
+/// crash_collector's spool (`crashd::spool::DEFAULT_DIR`; reports are private).
+pub const BOOT_DIRS: &[(&str, u32)] = &[
+    (crate::container::MOUNT_BASE, 0o700),
+    ("/var/spool/crash", 0o700),
+];
 
 /// Makes fds 0-2 valid, opening the console (or /dev/null) for any that is closed.
 fn ensure_stdio() {
@@ -91,6 +102,7 @@ pub fn early_setup() -> Result<(), String> {
         // The token would be readable by every user: not a VM to run anything in.
         return Err(e.to_string());
     }
+    make_boot_dirs();
     set_limits();
     take_console();
     if let Err(e) = network::loopback_up() {
@@ -103,7 +115,25 @@ pub fn early_setup() -> Result<(), String> {
     if let Err(e) = std::fs::write("/proc/sys/net/unix/max_dgram_qlen", "512") {
         warn!("cannot raise net.unix.max_dgram_qlen: {e}");
     }
+    crate::disks::mount_vm_tools();
     Ok(())
+}
+
+fn make_boot_dirs() {
+    use std::os::unix::fs::DirBuilderExt;
+    for (dir, mode) in BOOT_DIRS {
+        // The parents with the usual mode, the directory itself with its own.
+        let parent = Path::new(dir).parent().unwrap_or(Path::new("/"));
+        let made = std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::DirBuilder::new().mode(*mode).create(dir))
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            });
+        if let Err(e) = made {
+            warn!("cannot create {dir}: {e}");
+        }
+    }
 }
 
 fn restrict_kernel() {

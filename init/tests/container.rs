@@ -111,6 +111,53 @@ fn container_reaps_orphans_and_reports_the_signal() {
 }
 
 #[test]
+fn container_disk_by_identity_that_is_not_there_fails_clearly() {
+    // This machine has no disk with either serial: maitred waits its bounded time for the
+    // disk to appear, then says which identity it could not find; a malformed one is
+    // refused at once.
+    let guest = Guest::start();
+    let root = guest.path("rootfs");
+    busybox_root(&root);
+    let mut absent = in_container(&root, false, "true");
+    absent
+        .mut_container()
+        .set_rootfs_device("disk:e2e-absent-7".into());
+    let start = std::time::Instant::now();
+    let r = guest.launch(&absent).unwrap();
+    assert_eq!(
+        (r.get_status(), r.get_code()),
+        (ProcessStatus::FAILED, libc::ENOENT),
+        "{}",
+        r.get_reason()
+    );
+    assert!(
+        r.get_reason()
+            .contains("no disk has the identity e2e-absent-7"),
+        "{}",
+        r.get_reason()
+    );
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(4),
+        "it waited"
+    );
+
+    let mut bad = in_container(&root, false, "true");
+    bad.mut_container().set_rootfs_device("disk:../sda".into());
+    let r = guest.launch(&bad).unwrap();
+    assert_eq!(
+        (r.get_status(), r.get_code()),
+        (ProcessStatus::FAILED, libc::EINVAL),
+        "{}",
+        r.get_reason()
+    );
+    assert!(
+        r.get_reason().contains("is not a disk identity"),
+        "{}",
+        r.get_reason()
+    );
+}
+
+#[test]
 fn container_bad_input_fails_clearly_and_maitred_keeps_running() {
     let guest = Guest::start();
     let root = guest.path("rootfs");
