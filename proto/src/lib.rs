@@ -14,8 +14,11 @@ pub mod client;
 pub mod cmdline;
 pub mod disks;
 pub mod listener;
+pub mod redact;
 #[cfg(feature = "grpc")]
 pub mod server;
+#[cfg(feature = "grpc")]
+pub mod severity;
 pub mod stream;
 mod sys;
 pub mod time;

@@ -173,8 +173,9 @@ fn with_path(err: io::Error, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
 
-/// Removes a stale Unix socket left by an earlier run, and nothing else.
-pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
+/// Removes a stale Unix socket left by an earlier run, and nothing else: any other file at
+/// `path` is an `AlreadyExists` error.
+pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),

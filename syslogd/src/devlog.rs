@@ -10,7 +10,7 @@
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,16 +80,16 @@ pub struct DevLog {
 
 /// Removes a socket left by an earlier run; anything else at `path` is an error.
 fn remove_stale(path: &Path) -> Result<(), DevLogError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| DevLogError::RemoveStale {
+    vm_proto::transport::remove_stale_socket(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            DevLogError::NotASocket(path.to_path_buf())
+        } else {
+            DevLogError::RemoveStale {
                 path: path.to_path_buf(),
                 source,
-            })
+            }
         }
-        Ok(_) => Err(DevLogError::NotASocket(path.to_path_buf())),
-        Err(_) => Ok(()),
-    }
+    })
 }
 
 impl DevLog {

@@ -15,18 +15,9 @@ use crate::sender::Collector;
 /// A stuck host fails the call after this long; the batch is then retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Syslog severity (0 emerg … 7 debug) to the proto enum (which keeps 0 for "missing").
+/// Syslog severity (0 emerg … 7 debug) to the proto enum (the contract's mapping).
 pub fn severity(syslog: u8) -> LogSeverity {
-    match syslog {
-        0 => LogSeverity::EMERGENCY,
-        1 => LogSeverity::ALERT,
-        2 => LogSeverity::CRITICAL,
-        3 => LogSeverity::ERROR,
-        4 => LogSeverity::WARNING,
-        5 => LogSeverity::NOTICE,
-        6 => LogSeverity::INFO,
-        _ => LogSeverity::DEBUG,
-    }
+    vm_proto::severity::from_syslog(syslog)
 }
 
 pub fn to_log_record(record: &Record) -> LogRecord {

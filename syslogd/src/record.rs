@@ -15,7 +15,6 @@ pub const MAX_PRI: u8 = 191;
 /// The kernel command line key of the VM's access token (`vm_proto::cmdline::KEY_TOKEN`).
 /// The kernel logs its command line at boot; the token must not reach the host's logs.
 pub const TOKEN_KEY: &[u8] = b"maitred.token=";
-const REDACTED: &[u8] = b"<redacted>";
 
 /// Bookkeeping bytes a record costs beyond its text, for the buffer's accounting.
 const RECORD_OVERHEAD: usize = 64;
@@ -111,33 +110,9 @@ impl Record {
 }
 
 /// `content` with every `maitred.token=VALUE` turned into `maitred.token=<redacted>`, or
-/// None if there is none.
+/// None if there is none (the contract's one rule: `vm_proto::redact`).
 pub fn redact_token(content: &[u8]) -> Option<Vec<u8>> {
-    let find = |from: usize| {
-        content[from..]
-            .windows(TOKEN_KEY.len())
-            .position(|w| w == TOKEN_KEY)
-            .map(|at| from + at)
-    };
-    let mut at = find(0)?;
-    let mut out = Vec::with_capacity(content.len());
-    let mut copied = 0;
-    loop {
-        let value = at + TOKEN_KEY.len();
-        let end = content[value..]
-            .iter()
-            .position(|c| c.is_ascii_whitespace() || *c == b'"')
-            .map_or(content.len(), |n| value + n);
-        out.extend_from_slice(&content[copied..value]);
-        out.extend_from_slice(REDACTED);
-        copied = end;
-        match find(end) {
-            Some(next) => at = next,
-            None => break,
-        }
-    }
-    out.extend_from_slice(&content[copied..]);
-    Some(out)
+    vm_proto::redact::redact_token_bytes(content)
 }
 
 #[cfg(test)]

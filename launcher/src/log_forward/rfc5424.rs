@@ -31,16 +31,7 @@ const APP_NAME_MAX: usize = 48;
 
 /// The syslog severity number (0 emerg … 7 debug); a record without one is a notice.
 pub fn severity_number(severity: LogSeverity) -> u8 {
-    match severity {
-        LogSeverity::EMERGENCY => 0,
-        LogSeverity::ALERT => 1,
-        LogSeverity::CRITICAL => 2,
-        LogSeverity::ERROR => 3,
-        LogSeverity::WARNING => 4,
-        LogSeverity::NOTICE | LogSeverity::MISSING => 5,
-        LogSeverity::INFO => 6,
-        LogSeverity::DEBUG => 7,
-    }
+    vm_proto::severity::to_syslog(severity)
 }
 
 use vm_proto::time::civil_from_days;
