@@ -1,6 +1,6 @@
 //! Getting a report to the host: the spool's older reports first (oldest first), then this
 //! one; whatever cannot be sent waits in the spool. A report the host refuses as too large
-//! is rendered again under the transport's limit (the host's gRPC server takes 4 MiB).
+//! is rendered again under the transport's limit (vm_proto::server::MAX_MESSAGE_BYTES).
 
 use std::fmt;
 
