@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::hypervisor::{Accel, Rootfs};
+use crate::disk_config::DiskArg;
+use crate::hypervisor::Accel;
 use crate::log_forward::LogSink;
 
 pub const USAGE: &str = "\
@@ -32,15 +33,22 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
   -T, --no-tty           never a terminal, even when stdin is one
   --console              copy the guest's serial console (kernel, maitred) to stderr
 
+  --vm-path DIR          a component directory: DIR/vm_kernel, DIR/vm_rootfs.img (the root
+                         disk) and, if there, DIR/vm_tools.img (read-only, mounted at
+                         /opt/google/cros-containers); the flags below override each file
   --kernel PATH          guest kernel (bzImage)
-  --initrd PATH          initramfs
-  --rootfs PATH          raw disk image for the root filesystem (read-only)
+  --initrd PATH          initramfs (needed unless there is a root disk)
+  --rootfs PATH          raw disk image (ext4 or squashfs) to boot from: /dev/vda, read-only
   --rootfs-rw            attach the rootfs read-write
   --container ROOTFS     run APP in a container whose root is ROOTFS: an ext4 image, or a
                          directory (turned into an image with mke2fs -d); read-only.
                          With start, APP is the container's main process and `exec`
                          enters the container
   --container-rw         the container's root is writable
+  --disk PATH[:ro|rw]    one more disk (default read-only), up to 10: the guest finds the
+                         Nth as disk:diskN (its virtio-blk serial; lkvm has no serials,
+                         its guests see disks in the order rootfs, container, vm_tools,
+                         disk0, …)
   --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
                          host-mode maitred as a child process (tests and demos)
   --accel kvm|tcg        QEMU accelerator (default: tcg unless --accel kvm)
@@ -66,8 +74,9 @@ Without a terminal, SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to the app
 a second SIGINT within 3 s, or SIGTERM unanswered for 10 s, stops the VM.
 
 Exit status of run: the application's exit code, 128+N if a signal N killed it, 127 if it
-was not found, 126 if it could not run, 125 if the VM could not be started or stopped
-before the application ended.";
+was not found, 126 if it could not run, 125 if the VM could not be started (a kernel,
+initrd or disk missing or unreadable, a file given twice, …) or stopped before the
+application ended; 2 for a malformed command line.";
 
 pub const EXEC_USAGE: &str = "\
 usage: vm_launcher exec [options] ID -- CMD [ARGS...]
@@ -100,9 +109,14 @@ pub enum HypervisorName {
 pub struct RunArgs {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
-    pub rootfs: Option<Rootfs>,
+    /// `--vm-path DIR`: a component directory (vm_kernel, vm_rootfs.img, vm_tools.img).
+    pub vm_path: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    pub rootfs_rw: bool,
     pub container: Option<PathBuf>,
     pub container_rw: bool,
+    /// `--disk`, in command-line order (disk0, disk1, …).
+    pub disks: Vec<DiskArg>,
     pub hypervisor: HypervisorName,
     pub accel: Accel,
     pub mem_mib: u32,
@@ -174,9 +188,12 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     let mut run = RunArgs {
         kernel: None,
         initrd: None,
+        vm_path: None,
         rootfs: None,
+        rootfs_rw: false,
         container: None,
         container_rw: false,
+        disks: Vec::new(),
         hypervisor: HypervisorName::Qemu,
         accel: Accel::Tcg,
         mem_mib: 512,
@@ -196,7 +213,6 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         tty: None,
         console: false,
     };
-    let mut rootfs_rw = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let flag = flag.as_str();
@@ -219,7 +235,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
                 continue;
             }
             "--rootfs-rw" => {
-                rootfs_rw = true;
+                run.rootfs_rw = true;
                 continue;
             }
             "--container-rw" => {
@@ -237,12 +253,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--kernel" => run.kernel = Some(value()?.into()),
             "--initrd" => run.initrd = Some(value()?.into()),
             "--container" => run.container = Some(value()?.into()),
-            "--rootfs" => {
-                run.rootfs = Some(Rootfs {
-                    path: value()?.into(),
-                    read_only: true,
-                })
-            }
+            "--rootfs" => run.rootfs = Some(value()?.into()),
+            "--vm-path" => run.vm_path = Some(value()?.into()),
+            "--disk" => run.disks.push(DiskArg::parse(&value()?).map_err(CliError)?),
             "--hypervisor" => {
                 run.hypervisor = match value()?.as_str() {
                     "qemu" => HypervisorName::Qemu,
@@ -295,16 +308,8 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             other => return Err(CliError(format!("unknown option {other:?}"))),
         }
     }
-    if let Some(rootfs) = run.rootfs.as_mut() {
-        rootfs.read_only = !rootfs_rw;
-    }
     if run.params.iter().any(|p| p.contains("maitred.")) {
         return Err(CliError("--params may not set maitred.* keys".into()));
-    }
-    if run.container.is_some() && run.rootfs.is_some() {
-        return Err(CliError(
-            "--container and --rootfs both want the VM's disk; use one".into(),
-        ));
     }
     if run.container.is_some() && run.app.is_empty() {
         return Err(CliError(
@@ -316,17 +321,56 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--net tap needs a hypervisor, not --hypervisor process".into(),
         ));
     }
-    if run.hypervisor != HypervisorName::Process && run.kernel.is_none() {
-        return Err(CliError("--kernel is required".into()));
+    if allow_app && run.app.is_empty() {
+        return Err(CliError("run needs an application after --".into()));
     }
+    check_disks(&run)?;
     if allow_app {
-        if run.app.is_empty() {
-            return Err(CliError("run needs an application after --".into()));
-        }
         Ok(Cli::Run(run))
     } else {
         Ok(Cli::Start(run))
     }
+}
+
+/// What the disk flags need: a kernel and a root filesystem, at most
+/// `vm_proto::disks::MAX_EXTRA_DISKS` extra disks, and a hypervisor (the process back-end
+/// has no disks).
+fn check_disks(run: &RunArgs) -> Result<(), CliError> {
+    let max = vm_proto::disks::MAX_EXTRA_DISKS;
+    if run.disks.len() > max {
+        return Err(CliError(format!(
+            "--disk given {} times; a VM takes at most {max} extra disks",
+            run.disks.len()
+        )));
+    }
+    if run.hypervisor == HypervisorName::Process {
+        let given = [
+            ("--vm-path", run.vm_path.is_some()),
+            ("--rootfs", run.rootfs.is_some()),
+            ("--rootfs-rw", run.rootfs_rw),
+            ("--disk", !run.disks.is_empty()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(CliError(format!(
+                "{flag}: --hypervisor process has no disks (--container takes a directory there)"
+            )));
+        }
+        return Ok(());
+    }
+    if run.rootfs_rw && run.rootfs.is_none() && run.vm_path.is_none() {
+        return Err(CliError("--rootfs-rw needs --rootfs or --vm-path".into()));
+    }
+    if run.kernel.is_none() && run.vm_path.is_none() {
+        return Err(CliError(
+            "--kernel is required (or --vm-path DIR holding vm_kernel)".into(),
+        ));
+    }
+    if run.initrd.is_none() && run.rootfs.is_none() && run.vm_path.is_none() {
+        return Err(CliError(
+            "the guest needs a root filesystem: give --initrd, --rootfs or --vm-path".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_exec(args: &[String], shell: bool) -> Result<Cli, CliError> {
@@ -488,7 +532,132 @@ mod tests {
         assert_eq!((run.mem_mib, run.cpus), (256, 2));
         assert_eq!(run.name.as_deref(), Some("vm1"));
         assert_eq!(run.app, args(&["sh", "-c", "exit 3"]));
-        assert!(!run.rootfs.unwrap().read_only);
+        assert_eq!((run.rootfs, run.rootfs_rw), (Some("r.img".into()), true));
+    }
+
+    #[test]
+    fn parse_vm_path_and_disks_in_order() {
+        let Cli::Run(run) = parse(&args(&[
+            "run",
+            "--vm-path",
+            "/c",
+            "--disk",
+            "/a.img",
+            "--disk",
+            "/b:c.img:rw",
+            "--disk",
+            "/d.img:ro",
+            "--container",
+            "/ctr.img",
+            "--",
+            "x",
+        ]))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(run.vm_path, Some("/c".into()));
+        assert_eq!((run.kernel, run.initrd, run.rootfs), (None, None, None));
+        let disks: Vec<(String, bool)> = run
+            .disks
+            .iter()
+            .map(|d| (d.path.display().to_string(), d.read_only))
+            .collect();
+        let want = [("/a.img", true), ("/b:c.img", false), ("/d.img", true)];
+        let want: Vec<(String, bool)> = want.iter().map(|(p, r)| (p.to_string(), *r)).collect();
+        assert_eq!(disks, want);
+        assert_eq!(run.container, Some("/ctr.img".into()));
+    }
+
+    #[test]
+    fn parse_rootfs_without_initrd_is_enough() {
+        let Cli::Run(run) =
+            parse(&args(&["run", "--kernel", "k", "--rootfs", "r", "--", "x"])).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((run.initrd, run.rootfs_rw), (None, false));
+    }
+
+    #[test]
+    fn parse_bad_disk_specs_are_one_clear_error_each() {
+        let eleven: Vec<&str> = (0..11).flat_map(|_| ["--disk", "d.img"]).collect();
+        let mut too_many = vec!["run", "--kernel", "k", "--initrd", "i"];
+        too_many.extend(eleven);
+        too_many.extend(["--", "x"]);
+        for (a, want) in [
+            (
+                too_many,
+                "--disk given 11 times; a VM takes at most 10 extra disks",
+            ),
+            (
+                vec!["run", "--kernel", "k", "--", "x"],
+                "give --initrd, --rootfs or --vm-path",
+            ),
+            (
+                vec!["run", "--initrd", "i", "--", "x"],
+                "--kernel is required",
+            ),
+            (
+                vec![
+                    "run", "--kernel", "k", "--initrd", "i", "--disk", ":rw", "--", "x",
+                ],
+                "--disk \":rw\": no path",
+            ),
+            (
+                vec!["run", "--kernel", "k", "--initrd", "i", "--disk"],
+                "--disk needs a value",
+            ),
+            (
+                vec![
+                    "run",
+                    "--kernel",
+                    "k",
+                    "--initrd",
+                    "i",
+                    "--rootfs-rw",
+                    "--",
+                    "x",
+                ],
+                "--rootfs-rw needs --rootfs",
+            ),
+            (
+                vec!["run", "--hypervisor", "process", "--disk", "d", "--", "x"],
+                "--disk: --hypervisor process has no disks",
+            ),
+            (
+                vec!["run", "--hypervisor", "process", "--rootfs", "r", "--", "x"],
+                "--rootfs: --hypervisor process has no disks",
+            ),
+            (
+                vec![
+                    "run",
+                    "--hypervisor",
+                    "process",
+                    "--vm-path",
+                    "d",
+                    "--",
+                    "x",
+                ],
+                "--vm-path: --hypervisor process has no disks",
+            ),
+        ] {
+            let err = parse(&args(&a)).unwrap_err().to_string();
+            assert!(err.contains(want), "{a:?}: {err}");
+        }
+        let ten: Vec<&str> = (0..10).flat_map(|_| ["--disk", "d.img"]).collect();
+        let mut max = vec!["start", "--vm-path", "c"];
+        max.extend(ten);
+        assert!(parse(&args(&max)).is_ok());
+        let process = [
+            "run",
+            "--hypervisor",
+            "process",
+            "--container",
+            "d",
+            "--",
+            "x",
+        ];
+        assert!(parse(&args(&process)).is_ok());
     }
 
     #[test]
@@ -529,7 +698,7 @@ mod tests {
     #[test]
     fn parse_log_dest_every_form_and_default() {
         let dest = |v: &str| -> Result<Option<LogSink>, CliError> {
-            match parse(&args(&["start", "--kernel", "k", "--log-dest", v]))? {
+            match parse(&args(&["start", "--vm-path", "c", "--log-dest", v]))? {
                 Cli::Start(run) => Ok(run.log_dest),
                 other => panic!("{other:?}"),
             }
@@ -546,7 +715,7 @@ mod tests {
         );
         let err = dest("tcp:x").unwrap_err().to_string();
         assert!(err.contains("--log-dest") && err.contains("tcp:x"), "{err}");
-        let Cli::Start(run) = parse(&args(&["start", "--kernel", "k"])).unwrap() else {
+        let Cli::Start(run) = parse(&args(&["start", "--vm-path", "c"])).unwrap() else {
             panic!()
         };
         assert_eq!(run.log_dest, None);
@@ -593,8 +762,8 @@ mod tests {
     fn parse_run_tty_console_and_start_app() {
         let Cli::Run(run) = parse(&args(&[
             "run",
-            "--kernel",
-            "k",
+            "--vm-path",
+            "c",
             "-t",
             "--console",
             "--",
@@ -606,8 +775,8 @@ mod tests {
         assert_eq!((run.tty, run.console), (Some(true), true));
         let Cli::Start(start) = parse(&args(&[
             "start",
-            "--kernel",
-            "k",
+            "--vm-path",
+            "c",
             "--container",
             "r",
             "--",

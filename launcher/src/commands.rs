@@ -14,9 +14,10 @@ use crate::attach;
 use crate::backend::Backend;
 use crate::cli::{ExecArgs, HypervisorName, RunArgs};
 use crate::container_image;
+use crate::disk_config::{self, VmFiles};
 use crate::exec_broker;
 use crate::host_services::CrashConfig;
-use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu, Rootfs};
+use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu};
 use crate::log_forward::LogSink;
 use crate::pool::{default_runtime_dir, Pool, PoolConfig};
 use crate::stream_client;
@@ -66,6 +67,7 @@ fn runtime_dir(dir: Option<PathBuf>) -> PathBuf {
 
 fn options(
     args: RunArgs,
+    files: VmFiles,
     logs: LogSink,
     console_to_stdout: bool,
     signals: &Receiver<i32>,
@@ -86,9 +88,10 @@ fn options(
     };
     Ok(VmOptions {
         name: args.name,
-        kernel: args.kernel,
-        initrd: args.initrd,
-        rootfs: args.rootfs,
+        kernel: files.kernel,
+        initrd: files.initrd,
+        rootfs: files.rootfs,
+        disks: files.disks,
         mem_mib: args.mem_mib,
         cpus: args.cpus,
         params: args.params,
@@ -127,9 +130,9 @@ impl Drop for Container {
     }
 }
 
-/// `--container ROOTFS`: the rootfs as the VM's disk (or, for the process back-end, a
-/// directory maitred uses as it is) and the spec for LaunchProcess.
-fn prepare_container(args: &mut RunArgs) -> Result<Option<Container>, String> {
+/// `--container ROOTFS`: the rootfs as the VM's `container` disk (or, for the process
+/// back-end, a directory maitred uses as it is) and the spec for LaunchProcess.
+fn prepare_container(args: &RunArgs, files: &mut VmFiles) -> Result<Option<Container>, String> {
     let Some(rootfs) = args.container.clone() else {
         return Ok(None);
     };
@@ -149,26 +152,34 @@ fn prepare_container(args: &mut RunArgs) -> Result<Option<Container>, String> {
         .map_err(|e| format!("creating {}: {e}", runtime.display()))?;
     let scratch = runtime.join(format!("container-{}.img", std::process::id()));
     let (disk, temporary) = container_image::disk_for(&rootfs, scratch)?;
-    args.rootfs = Some(Rootfs {
-        path: disk.clone(),
-        read_only: !args.container_rw,
-    });
-    // The only disk of the VM.
-    spec.set_rootfs_device("/dev/vda".into());
-    Ok(Some(Container {
-        spec,
-        scratch: temporary.then_some(disk),
-    }))
+    let scratch = temporary.then_some(disk.clone());
+    files.add_container(disk, !args.container_rw);
+    // maitred finds the disk by its serial, whatever its place among the VM's disks.
+    let source = format!(
+        "{}{}",
+        vm_proto::disks::SOURCE_PREFIX,
+        vm_proto::disks::CONTAINER
+    );
+    spec.set_rootfs_device(source);
+    Ok(Some(Container { spec, scratch }))
+}
+
+/// The VM's files, checked before anything starts, and the container (its disk among them).
+fn prepare(args: &RunArgs) -> Result<(VmFiles, Option<Container>), String> {
+    let mut files = disk_config::resolve(args).map_err(|e| e.to_string())?;
+    let container = prepare_container(args, &mut files)?;
+    Ok((files, container))
 }
 
 /// Options from the command line, then a booted VM; a failure is reported on stderr.
 fn boot(
     args: RunArgs,
+    files: VmFiles,
     logs: LogSink,
     console_to_stdout: bool,
     signals: &Receiver<i32>,
 ) -> Result<RunningVm, ExitCode> {
-    let opts = options(args, logs, console_to_stdout, signals).map_err(fail)?;
+    let opts = options(args, files, logs, console_to_stdout, signals).map_err(fail)?;
     RunningVm::boot(opts).map_err(|e| match e {
         LaunchError::Interrupted { signal, .. } => {
             eprintln!("vm_launcher: {e}");
@@ -191,18 +202,18 @@ fn default_log_dest() -> LogSink {
     }
 }
 
-pub fn run(mut args: RunArgs) -> ExitCode {
+pub fn run(args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let app = args.app.clone();
     let tty = attach::wants_tty(args.tty);
-    let container = match prepare_container(&mut args) {
-        Ok(c) => c,
+    let (files, container) = match prepare(&args) {
+        Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
     let logs = args.log_dest.clone().unwrap_or_else(default_log_dest);
     let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
     let console = args.console;
-    let vm = match boot(args, logs, console, &signals) {
+    let vm = match boot(args, files, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
@@ -261,6 +272,10 @@ pub fn start(args: RunArgs) -> ExitCode {
     if std::env::var_os(DETACHED_ENV).is_some() {
         return serve_detached(args);
     }
+    // Bad files are reported here, before a background launcher exists.
+    if let Err(e) = disk_config::resolve(&args) {
+        return fail(e);
+    }
     // Re-run ourselves in a new session; it prints "ready <id>" once the VM is up.
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -318,17 +333,17 @@ fn redirect_output(path: &std::path::Path) {
     }
 }
 
-fn serve_detached(mut args: RunArgs) -> ExitCode {
+fn serve_detached(args: RunArgs) -> ExitCode {
     let signals = signal_channel();
     let app = args.app.clone();
-    let container = match prepare_container(&mut args) {
-        Ok(c) => c,
+    let (files, container) = match prepare(&args) {
+        Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
     let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
     let console = args.console;
-    let mut vm = match boot(args, logs, console, &signals) {
+    let mut vm = match boot(args, files, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };

@@ -1,6 +1,7 @@
 //! The vm_launcher library: what the binary is built from, reachable by tests and benches.
 //!
 //! - `pool`: per-VM host resources (id, CID, MAC, /30, host port) leased across processes.
+//! - `disk_config`: kernel, initrd and disks from the flags (`--vm-path`, `--disk`), checked.
 //! - `hypervisor`: the command lines of QEMU, crosvm and kvmtool (lkvm) for one VM.
 //! - `backend`: per-back-end wiring (sockets, vsock helper, peer identity).
 //! - `vm`: one VM's life from lease to teardown; `commands`/`cli`: the subcommands.
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod commands;
 pub mod container_image;
 pub mod crash_spool;
+pub mod disk_config;
 pub mod exec_broker;
 pub mod host_services;
 pub mod hypervisor;

@@ -96,6 +96,8 @@ impl Env {
             .arg(&self.runtime)
             .arg("--kernel")
             .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(&self.kernel)
             .args(["--log-dest", "none"])
             .args(args)
             .args(["--", "true"]);
@@ -307,8 +309,9 @@ fn boot_in_process(env: &Env, qemu: &Path, helper: &Path) -> LaunchError {
     let opts = VmOptions {
         name: None,
         kernel: Some(env.kernel.clone()),
-        initrd: None,
+        initrd: Some(env.kernel.clone()),
         rootfs: None,
+        disks: Vec::new(),
         mem_mib: 128,
         cpus: 1,
         params: Vec::new(),
@@ -381,6 +384,8 @@ fn stuck_launcher(env: &Env, extra: &[&str]) -> Child {
         .args(["run", "--runtime-dir"])
         .arg(&env.runtime)
         .arg("--kernel")
+        .arg(&env.kernel)
+        .arg("--initrd")
         .arg(&env.kernel)
         .args(["--log-dest", "none", "--boot-timeout", "120"])
         .arg("--vhost-device-vsock")

@@ -3,8 +3,12 @@
 //! Flags follow crosvm's `src/crosvm/cmdline.rs` (the `RunCommand` argh struct, checked in
 //! 2023–24 sources): `--cpus num-cores=N`, `--mem size=MIB`, `--vsock cid=CID`,
 //! `--block path=P,root=true,ro=B`, `--net tap-name=T,mac=M`, `--serial type=…`, `--params`,
-//! `--initrd`, `--socket`, the kernel last. [`CrosvmFlags::Legacy`] gives the older, now
-//! deprecated spellings (`--cpus N`, `--mem N`, `--cid`, `--root`/`--rwroot`, `--tap-name`;
+//! `--initrd`, `--socket`, the kernel last. Every disk's identity is its `id=` (crosvm's
+//! DiskOption: "the block device identifier … up to 20 characters", the virtio-blk serial),
+//! in both flag sets; the root disk keeps crosvm's own `root=true` (`--root` when legacy),
+//! which puts `root=/dev/vdX ro|rw` on the command line itself. [`CrosvmFlags::Legacy`] gives the older, now
+//! deprecated spellings (`--cpus N`, `--mem N`, `--cid`, `--root`/`--rwroot` and
+//! `--disk`/`--rwdisk` with `PATH,id=ID`, `--tap-name`;
 //! with `--tap-name` old crosvm takes the MAC from the tap itself, and it accepted `--mac` only
 //! together with `--host-ip`/`--netmask`, where it creates the tap, so no MAC is passed).
 //! vhost-user vsock is `--vhost-user-vsock SOCKET` in both (newest crosvm also has the generic
@@ -13,7 +17,9 @@
 //! The token is on argv (`--params`): crosvm's `--cfg FILE.json` (`{"params": [...]}`) could
 //! hide it, but needs the experimental `config-file` build feature, so it is not used here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use vm_proto::disks::ROOTFS;
 
 use super::VsockBackend;
 use super::{concat, no_comma, HvCommand, Hypervisor, HypervisorError, Stop, VmSpec};
@@ -43,6 +49,36 @@ impl Crosvm {
     }
 }
 
+impl Crosvm {
+    /// One virtio-blk disk with `id` as its serial; crosvm numbers disks in argv order.
+    fn disk_args(
+        &self,
+        id: &str,
+        path: &Path,
+        read_only: bool,
+        root: bool,
+        cmd: &mut HvCommand,
+    ) -> Result<(), HypervisorError> {
+        let field = if root { "rootfs" } else { "disk" };
+        let path = no_comma(NAME, field, path)?;
+        let id_opt = format!(",id={id}");
+        if self.flags == CrosvmFlags::Legacy {
+            let flag = match (root, read_only) {
+                (true, true) => "--root",
+                (true, false) => "--rwroot",
+                (false, true) => "--disk",
+                (false, false) => "--rwdisk",
+            };
+            cmd.pair(flag, concat("", path, &id_opt));
+        } else {
+            let root = if root { ",root=true" } else { "" };
+            let opts = format!("{root},ro={read_only}{id_opt}");
+            cmd.pair("--block", concat("path=", path, &opts));
+        }
+        Ok(())
+    }
+}
+
 impl Hypervisor for Crosvm {
     fn name(&self) -> &'static str {
         NAME
@@ -67,20 +103,15 @@ impl Hypervisor for Crosvm {
             VsockBackend::Vhost { cid } => cmd.pair("--vsock", format!("cid={cid}")),
             VsockBackend::VhostUser { socket } => cmd.pair("--vhost-user-vsock", socket),
         };
-        cmd.pair("--params", spec.cmdline.as_str());
+        cmd.pair("--params", spec.cmdline_with_root(false));
         if let Some(initrd) = &spec.initrd {
             cmd.pair("--initrd", initrd);
         }
         if let Some(root) = &spec.rootfs {
-            let path = no_comma(NAME, "rootfs", &root.path)?;
-            match (legacy, root.read_only) {
-                (true, true) => cmd.pair("--root", path),
-                (true, false) => cmd.pair("--rwroot", path),
-                (false, ro) => cmd.pair(
-                    "--block",
-                    concat("path=", path, &format!(",root=true,ro={ro}")),
-                ),
-            };
+            self.disk_args(ROOTFS, &root.path, root.read_only, true, &mut cmd)?;
+        }
+        for disk in &spec.disks {
+            self.disk_args(&disk.id, &disk.path, disk.read_only, false, &mut cmd)?;
         }
         if let Some(net) = &spec.net {
             if net.tap.contains(',') {
@@ -120,7 +151,7 @@ impl Hypervisor for Crosvm {
 #[cfg(test)]
 mod tests {
     use super::super::test_utils::*;
-    use super::super::Rootfs;
+    use super::super::{FsType, Rootfs};
     use super::*;
 
     fn args(flags: CrosvmFlags, spec: &VmSpec) -> Vec<String> {
@@ -135,10 +166,15 @@ mod tests {
         assert_eq!(value_of(&a, "--cpus"), Some("num-cores=2"));
         assert_eq!(value_of(&a, "--mem"), Some("size=512"));
         assert_eq!(value_of(&a, "--vsock"), Some("cid=5"));
-        assert_eq!(value_of(&a, "--params"), Some(spec.cmdline.as_str()));
+        let params = format!("rootwait {}", spec.cmdline);
+        assert_eq!(value_of(&a, "--params"), Some(params.as_str()));
         assert_eq!(value_of(&a, "--initrd"), Some("/k/initrd.cpio"));
-        let block = "path=/img/root.raw,root=true,ro=true";
-        assert_eq!(value_of(&a, "--block"), Some(block));
+        let blocks = [
+            "path=/img/root.raw,root=true,ro=true,id=rootfs",
+            "path=/img/ctr.raw,ro=true,id=container",
+            "path=/img/data.raw,ro=false,id=disk0",
+        ];
+        assert_eq!(values_of(&a, "--block"), blocks);
         let net = "tap-name=vmtap5,mac=02:00:5e:10:00:01";
         assert_eq!(value_of(&a, "--net"), Some(net));
         let serial = "type=file,path=/run/vm/vm-1/serial.log,num=1,console=true";
@@ -156,7 +192,9 @@ mod tests {
         assert_eq!(value_of(&a, "--cpus"), Some("2"));
         assert_eq!(value_of(&a, "--mem"), Some("512"));
         assert_eq!(value_of(&a, "--cid"), Some("5"));
-        assert_eq!(value_of(&a, "--root"), Some("/img/root.raw"));
+        assert_eq!(value_of(&a, "--root"), Some("/img/root.raw,id=rootfs"));
+        assert_eq!(value_of(&a, "--disk"), Some("/img/ctr.raw,id=container"));
+        assert_eq!(value_of(&a, "--rwdisk"), Some("/img/data.raw,id=disk0"));
         assert_eq!(value_of(&a, "--tap-name"), Some("vmtap5"));
         for new in ["--vsock", "--block", "--net", "--mac"] {
             assert_eq!(value_of(&a, new), None, "{new}");
@@ -165,9 +203,12 @@ mod tests {
         spec.rootfs = Some(Rootfs {
             path: "/img/rw.raw".into(),
             read_only: false,
+            fs_type: FsType::Squashfs,
         });
         let a = args(CrosvmFlags::Legacy, &spec);
-        assert_eq!(value_of(&a, "--rwroot"), Some("/img/rw.raw"));
+        assert_eq!(value_of(&a, "--rwroot"), Some("/img/rw.raw,id=rootfs"));
+        let params = format!("rootwait rootfstype=squashfs {}", spec.cmdline);
+        assert_eq!(value_of(&a, "--params"), Some(params.as_str()));
     }
 
     #[test]
@@ -189,10 +230,12 @@ mod tests {
 
     #[test]
     fn command_bare_spec_has_no_optional_devices() {
-        let a = args(CrosvmFlags::Current, &bare_spec());
-        for flag in ["--initrd", "--block", "--net"] {
+        let spec = bare_spec();
+        let a = args(CrosvmFlags::Current, &spec);
+        for flag in ["--block", "--net"] {
             assert_eq!(value_of(&a, flag), None, "{flag}");
         }
+        assert_eq!(value_of(&a, "--params"), Some(spec.cmdline.as_str()));
         let serial = "type=stdout,num=1,console=true,stdin=true";
         assert_eq!(value_of(&a, "--serial"), Some(serial));
     }
@@ -200,14 +243,15 @@ mod tests {
     #[test]
     fn command_comma_in_rootfs_is_refused() {
         let mut spec = full_spec();
-        spec.rootfs = Some(Rootfs {
-            path: "/img/a,b".into(),
-            read_only: true,
-        });
+        spec.rootfs.as_mut().unwrap().path = "/img/a,b".into();
         let err = Crosvm::new(CrosvmFlags::Current)
             .command(&spec)
             .unwrap_err();
         assert!(err.to_string().contains("rootfs"), "{err}");
+        let mut spec = full_spec();
+        spec.disks[0].path = "/img/c,d".into();
+        let err = Crosvm::new(CrosvmFlags::Legacy).command(&spec).unwrap_err();
+        assert!(err.to_string().contains("disk: \"/img/c,d\""), "{err}");
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! so a serial log becomes [`HvCommand::stdout`]. Its `-n` takes no netmask (the host end gets
 //! `host_ip`), it has no vhost-user vsock, and like crosvm it needs KVM and takes the token on
 //! argv (`-p`).
+//!
+//! Disks: kvmtool's `-d PATH[,ro]` has no serial, so a kvmtool guest sees disks in probe
+//! order only, which is the order they are given: the root disk (`/dev/vda`), then the
+//! container, vm_tools and disk0…disk9 disks (`VmSpec::disks` in order). A guest that
+//! looks a disk up by identity (`/sys/block/*/serial`) finds none under kvmtool.
 
 use std::path::PathBuf;
 
@@ -49,16 +54,15 @@ impl Hypervisor for Lkvm {
         if let Some(initrd) = &spec.initrd {
             cmd.pair("-i", initrd);
         }
-        if let Some(root) = &spec.rootfs {
-            let path = no_comma(NAME, "rootfs", &root.path)?;
-            cmd.pair(
-                "-d",
-                concat("", path, if root.read_only { ",ro" } else { "" }),
-            );
+        let root = spec.rootfs.iter().map(|r| ("rootfs", &r.path, r.read_only));
+        let others = spec.disks.iter().map(|d| ("disk", &d.path, d.read_only));
+        for (field, path, read_only) in root.chain(others) {
+            let path = no_comma(NAME, field, path)?;
+            cmd.pair("-d", concat("", path, if read_only { ",ro" } else { "" }));
         }
         cmd.pair("-m", spec.mem_mib.to_string());
         cmd.pair("-c", spec.cpus.to_string());
-        cmd.pair("-p", spec.cmdline.as_str());
+        cmd.pair("-p", spec.cmdline_with_root(true));
         cmd.pair("--vsock", cid.to_string());
         if let Some(net) = &spec.net {
             if net.tap.contains(',') {
@@ -89,7 +93,7 @@ impl Hypervisor for Lkvm {
 #[cfg(test)]
 mod tests {
     use super::super::test_utils::*;
-    use super::super::Rootfs;
+    use super::super::{FsType, Rootfs};
     use super::*;
 
     #[test]
@@ -102,10 +106,12 @@ mod tests {
         assert_eq!(value_of(&a, "--name"), Some("vm-1"));
         assert_eq!(value_of(&a, "-k"), Some("/k/bzImage"));
         assert_eq!(value_of(&a, "-i"), Some("/k/initrd.cpio"));
-        assert_eq!(value_of(&a, "-d"), Some("/img/root.raw,ro"));
+        let disks = ["/img/root.raw,ro", "/img/ctr.raw,ro", "/img/data.raw"];
+        assert_eq!(values_of(&a, "-d"), disks);
         assert_eq!(value_of(&a, "-m"), Some("512"));
         assert_eq!(value_of(&a, "-c"), Some("2"));
-        assert_eq!(value_of(&a, "-p"), Some(spec.cmdline.as_str()));
+        let params = format!("root=/dev/vda ro rootwait {}", spec.cmdline);
+        assert_eq!(value_of(&a, "-p"), Some(params.as_str()));
         assert_eq!(value_of(&a, "--vsock"), Some("5"));
         let net = "mode=tap,tapif=vmtap5,guest_mac=02:00:5e:10:00:01,host_ip=100.115.92.5";
         assert_eq!(value_of(&a, "-n"), Some(net));
@@ -116,16 +122,31 @@ mod tests {
     #[test]
     fn command_bare_spec_has_no_optional_devices() {
         let mut spec = bare_spec();
+        spec.initrd = None;
         spec.rootfs = Some(Rootfs {
             path: "/img/rw.raw".into(),
             read_only: false,
+            fs_type: FsType::Squashfs,
         });
         let cmd = Lkvm::default().command(&spec).unwrap();
         let a = cmd.args_lossy();
         assert_eq!(value_of(&a, "-i"), None);
         assert_eq!(value_of(&a, "-n"), None);
-        assert_eq!(value_of(&a, "-d"), Some("/img/rw.raw"));
+        assert_eq!(values_of(&a, "-d"), ["/img/rw.raw"]);
+        let params = format!(
+            "root=/dev/vda rw rootwait rootfstype=squashfs {}",
+            spec.cmdline
+        );
+        assert_eq!(value_of(&a, "-p"), Some(params.as_str()));
         assert_eq!(cmd.stdout, None);
+    }
+
+    #[test]
+    fn command_comma_in_a_disk_is_refused() {
+        let mut spec = full_spec();
+        spec.disks[1].path = "/img/a,b".into();
+        let err = Lkvm::default().command(&spec).unwrap_err().to_string();
+        assert!(err.contains("disk: \"/img/a,b\""), "{err}");
     }
 
     #[test]

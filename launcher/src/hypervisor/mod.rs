@@ -6,6 +6,11 @@
 //! argument is unit-tested. The guest kernel command line carries the VM's secret token:
 //! `Debug`/`Display` of these types redact it, and QEMU can keep it off `ps` altogether (see
 //! `qemu`). crosvm and kvmtool take it on argv only.
+//!
+//! Disks: the root disk is attached first, so it is `/dev/vda` on every back-end, then
+//! [`VmSpec::disks`] in their order (container, vm_tools, disk0…disk9). Each disk carries its
+//! identity from `vm_proto::disks` as a virtio-blk serial where the back-end can set one
+//! (QEMU `serial=`, crosvm `id=`); kvmtool cannot, so its guests see probe order only.
 
 pub mod crosvm;
 pub mod lkvm;
@@ -49,12 +54,48 @@ pub struct NetSpec {
     pub netmask: Ipv4Addr,
 }
 
+/// What the root disk holds, as far as the kernel's `rootfstype=` needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsType {
+    /// ext2/3/4 (the magic 0xEF53 at byte 1080): the kernel's default guess, no `rootfstype=`.
+    Ext4,
+    /// squashfs (`hsqs` at byte 0), as Termina's rootfs.
+    Squashfs,
+    /// Anything else: no `rootfstype=`, the kernel tries every filesystem it has.
+    Unknown,
+}
+
+impl FsType {
+    /// The `rootfstype=` value this type needs, if any.
+    pub fn rootfstype(self) -> Option<&'static str> {
+        match self {
+            FsType::Squashfs => Some("squashfs"),
+            FsType::Ext4 | FsType::Unknown => None,
+        }
+    }
+}
+
+/// The root filesystem disk: attached first (`/dev/vda`), serial `vm_proto::disks::ROOTFS`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rootfs {
     /// A raw disk image.
     pub path: PathBuf,
     pub read_only: bool,
+    pub fs_type: FsType,
 }
+
+/// A disk besides the root one, named by its identity (see `vm_proto::disks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// The virtio-blk serial: `container`, `vm_tools`, `disk0`…
+    pub id: String,
+    /// A raw disk image.
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The root disk's device: it is always attached first.
+pub const ROOT_DEVICE: &str = "/dev/vda";
 
 /// Everything a back-end needs to build one VM's command line.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,9 +105,12 @@ pub struct VmSpec {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub rootfs: Option<Rootfs>,
+    /// Further disks, attached after the root disk in this order.
+    pub disks: Vec<Disk>,
     pub mem_mib: u32,
     pub cpus: u32,
-    /// The full guest kernel command line. Holds the secret token.
+    /// The guest kernel command line without the root disk's parameters (each back-end adds
+    /// those, see [`VmSpec::cmdline_with_root`]). Holds the secret token.
     pub cmdline: String,
     /// The serial console goes to this file, or to the hypervisor's stdio when None.
     pub serial_log: Option<PathBuf>,
@@ -85,6 +129,7 @@ impl fmt::Debug for VmSpec {
             .field("kernel", &self.kernel)
             .field("initrd", &self.initrd)
             .field("rootfs", &self.rootfs)
+            .field("disks", &self.disks)
             .field("mem_mib", &self.mem_mib)
             .field("cpus", &self.cpus)
             .field("cmdline", &redact(&self.cmdline))
@@ -115,7 +160,51 @@ impl VmSpec {
         if self.cmdline.contains(['\n', '\0']) {
             return Err(bad("cmdline", "the kernel command line is one line"));
         }
+        if self.initrd.is_none() && self.rootfs.is_none() {
+            return Err(bad("rootfs", "the guest needs an initrd or a root disk"));
+        }
+        let mut seen = vec![vm_proto::disks::ROOTFS];
+        for disk in &self.disks {
+            let source = format!("{}{}", vm_proto::disks::SOURCE_PREFIX, disk.id);
+            if vm_proto::disks::identity(&source).is_none() {
+                let why = format!("{:?}: use 1 to 20 of A-Z a-z 0-9 _ -", disk.id);
+                return Err(HypervisorError::BadSpec {
+                    hypervisor,
+                    field: "disk id",
+                    why,
+                });
+            }
+            if seen.contains(&disk.id.as_str()) {
+                let why = format!("{:?} names two disks", disk.id);
+                return Err(HypervisorError::BadSpec {
+                    hypervisor,
+                    field: "disk id",
+                    why,
+                });
+            }
+            seen.push(&disk.id);
+        }
         Ok(())
+    }
+
+    /// The kernel command line with the root disk's parameters in front (so `--params` can
+    /// still override them): `root=/dev/vda ro|rw` when `name_root` (crosvm's `root=true`
+    /// writes those itself), then `rootwait` and `rootfstype=` when the image is not ext4.
+    pub fn cmdline_with_root(&self, name_root: bool) -> String {
+        let Some(root) = &self.rootfs else {
+            return self.cmdline.clone();
+        };
+        let mut words = Vec::new();
+        if name_root {
+            words.push(format!("root={ROOT_DEVICE}"));
+            words.push(if root.read_only { "ro" } else { "rw" }.to_string());
+        }
+        words.push("rootwait".to_string());
+        if let Some(fs) = root.fs_type.rootfstype() {
+            words.push(format!("rootfstype={fs}"));
+        }
+        words.push(self.cmdline.clone());
+        words.join(" ")
     }
 }
 
@@ -391,6 +480,58 @@ mod tests {
             let err = spec.check("test").unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn check_bad_or_repeated_disk_ids_fail() {
+        for (id, why) in [
+            ("", "use 1 to 20"),
+            ("a/b", "use 1 to 20"),
+            ("abcdefghijklmnopqrstu", "use 1 to 20"),
+            ("rootfs", "names two disks"),
+            ("disk0", "names two disks"),
+        ] {
+            let mut spec = full_spec();
+            spec.disks.push(Disk {
+                id: id.into(),
+                path: "/img/x".into(),
+                read_only: true,
+            });
+            let err = spec.check("test").unwrap_err().to_string();
+            assert!(err.contains("disk id") && err.contains(why), "{id}: {err}");
+        }
+        let mut spec = full_spec();
+        spec.disks.push(Disk {
+            id: vm_proto::disks::extra(9),
+            path: "/img/x".into(),
+            read_only: true,
+        });
+        assert!(spec.check("test").is_ok());
+    }
+
+    #[test]
+    fn cmdline_with_root_names_the_root_disk_mode_and_type() {
+        let mut spec = full_spec();
+        let rest = spec.cmdline.clone();
+        assert_eq!(
+            spec.cmdline_with_root(true),
+            format!("root=/dev/vda ro rootwait {rest}")
+        );
+        assert_eq!(spec.cmdline_with_root(false), format!("rootwait {rest}"));
+        let root = spec.rootfs.as_mut().unwrap();
+        root.read_only = false;
+        root.fs_type = FsType::Squashfs;
+        assert_eq!(
+            spec.cmdline_with_root(true),
+            format!("root=/dev/vda rw rootwait rootfstype=squashfs {rest}")
+        );
+        spec.rootfs.as_mut().unwrap().fs_type = FsType::Unknown;
+        assert_eq!(
+            spec.cmdline_with_root(true),
+            format!("root=/dev/vda rw rootwait {rest}")
+        );
+        spec.rootfs = None;
+        assert_eq!(spec.cmdline_with_root(true), rest);
     }
 
     #[test]

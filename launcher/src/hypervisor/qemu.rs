@@ -20,8 +20,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use vm_proto::disks::ROOTFS;
+
+use super::VsockBackend;
 use super::{concat, HvCommand, Hypervisor, HypervisorError, PrivateFile, Stop, VmSpec};
-use super::{Rootfs, VsockBackend};
 
 const NAME: &str = "qemu";
 /// The longest command line we put in a `-readconfig` file (QEMU 7.2 reads up to 1012).
@@ -93,7 +95,9 @@ pub enum Machine {
     Q35,
     /// `microvm,acpi=off` with virtio-mmio devices (QEMU adds `virtio_mmio.device=` to the
     /// command line; the kernel needs VIRTIO_MMIO_CMDLINE_DEVICES). Under TCG a stock kernel
-    /// may hang calibrating the TSC: put `tsc_early_khz=` on the command line.
+    /// may hang calibrating the TSC: put `tsc_early_khz=` on the command line. Disk probe
+    /// order there follows QEMU's virtio-mmio slot assignment, not argv order (not measured
+    /// here): guests find disks by serial, and `root=/dev/vda` may need `--params root=`.
     Microvm,
 }
 
@@ -131,20 +135,21 @@ impl Qemu {
     }
 
     fn cmdline_args(&self, spec: &VmSpec, cmd: &mut HvCommand) -> Result<(), HypervisorError> {
+        let cmdline = spec.cmdline_with_root(true);
         if !self.hide_cmdline {
-            cmd.pair("-append", spec.cmdline.as_str());
+            cmd.pair("-append", cmdline);
             return Ok(());
         }
         let bad = |why: &str| HypervisorError::bad_spec(NAME, "cmdline", why);
-        if spec.cmdline.contains('"') {
+        if cmdline.contains('"') {
             return Err(bad(
                 "QEMU's -readconfig cannot carry '\"'; drop the quotes or set hide_cmdline = false",
             ));
         }
-        if spec.cmdline.len() > READCONFIG_APPEND_MAX {
+        if cmdline.len() > READCONFIG_APPEND_MAX {
             let why = format!(
                 "{} bytes; QEMU's -readconfig takes at most {READCONFIG_APPEND_MAX}: shorten it",
-                spec.cmdline.len()
+                cmdline.len()
             );
             return Err(bad(&why));
         }
@@ -153,29 +158,21 @@ impl Qemu {
         cmd.private_files.push(PrivateFile {
             path,
             contents: format!(
-                "# vm_launcher: the guest kernel command line (holds a secret)\n[machine]\nappend = \"{}\"\n",
-                spec.cmdline
+                "# vm_launcher: the guest kernel command line (holds a secret)\n[machine]\nappend = \"{cmdline}\"\n"
             ),
         });
         Ok(())
     }
 
-    fn rootfs_args(&self, rootfs: &Rootfs, cmd: &mut HvCommand) {
-        let ro = if rootfs.read_only { ",readonly=on" } else { "" };
-        let file = escape(&rootfs.path);
-        match self.machine {
-            Machine::Q35 => {
-                cmd.pair(
-                    "-drive",
-                    concat("file=", &file, &format!(",format=raw,if=virtio{ro}")),
-                );
-            }
-            Machine::Microvm => {
-                let drive = format!(",format=raw,if=none,id=root{ro}");
-                cmd.pair("-drive", concat("file=", &file, &drive));
-                cmd.pair("-device", "virtio-blk-device,drive=root");
-            }
-        }
+    /// One virtio-blk disk whose serial is its identity: `-drive if=none` plus a device (PCI
+    /// on q35, virtio-mmio on microvm). On q35 the devices take PCI slots in argv order, so
+    /// the first disk given is `/dev/vda`.
+    fn disk_args(&self, id: &str, path: &Path, read_only: bool, cmd: &mut HvCommand) {
+        let ro = if read_only { ",readonly=on" } else { "" };
+        let drive = format!(",if=none,id=blk-{id},format=raw{ro}");
+        cmd.pair("-drive", concat("file=", &escape(path), &drive));
+        let device = self.device("virtio-blk-pci");
+        cmd.pair("-device", format!("{device},drive=blk-{id},serial={id}"));
     }
 }
 
@@ -232,8 +229,11 @@ impl Hypervisor for Qemu {
             cmd.pair("-initrd", initrd);
         }
         self.cmdline_args(spec, &mut cmd)?;
-        if let Some(rootfs) = &spec.rootfs {
-            self.rootfs_args(rootfs, &mut cmd);
+        if let Some(root) = &spec.rootfs {
+            self.disk_args(ROOTFS, &root.path, root.read_only, &mut cmd);
+        }
+        for disk in &spec.disks {
+            self.disk_args(&disk.id, &disk.path, disk.read_only, &mut cmd);
         }
         match &spec.vsock {
             VsockBackend::Vhost { cid } => {
@@ -282,6 +282,7 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::super::test_utils::*;
+    use super::super::FsType;
     use super::*;
 
     fn args(qemu: &Qemu, spec: &VmSpec) -> Vec<String> {
@@ -316,14 +317,25 @@ mod tests {
             value_of(&a, "-readconfig"),
             Some("/run/vm/vm-1/vm-1.qemu.cfg")
         );
-        let drive = "file=/img/root.raw,format=raw,if=virtio,readonly=on";
-        assert_eq!(value_of(&a, "-drive"), Some(drive));
+        let drives = [
+            "file=/img/root.raw,if=none,id=blk-rootfs,format=raw,readonly=on",
+            "file=/img/ctr.raw,if=none,id=blk-container,format=raw,readonly=on",
+            "file=/img/data.raw,if=none,id=blk-disk0,format=raw",
+        ];
+        assert_eq!(values_of(&a, "-drive"), drives);
         let tap = "tap,id=net0,ifname=vmtap5,script=no,downscript=no";
         assert_eq!(value_of(&a, "-netdev"), Some(tap));
         let nic = "virtio-net-pci,netdev=net0,mac=02:00:5e:10:00:01";
         assert_eq!(
             values_of(&a, "-device"),
-            ["vhost-vsock-pci,guest-cid=5", "virtio-rng-pci", nic]
+            [
+                "virtio-blk-pci,drive=blk-rootfs,serial=rootfs",
+                "virtio-blk-pci,drive=blk-container,serial=container",
+                "virtio-blk-pci,drive=blk-disk0,serial=disk0",
+                "vhost-vsock-pci,guest-cid=5",
+                "virtio-rng-pci",
+                nic
+            ]
         );
         assert_eq!(value_of(&a, "-object"), None);
         assert_eq!(cmd.stdout, None);
@@ -350,7 +362,7 @@ mod tests {
         let chardev = "socket,id=vsock0,path=/run/vm/vm-1/vhost.sock";
         assert_eq!(value_of(&a, "-chardev"), Some(chardev));
         assert_eq!(
-            values_of(&a, "-device")[0],
+            values_of(&a, "-device")[3],
             "vhost-user-vsock-pci,chardev=vsock0"
         );
         assert!(!a.iter().any(|x| x.contains("guest-cid")));
@@ -359,7 +371,7 @@ mod tests {
     #[test]
     fn command_bare_spec_has_no_optional_devices() {
         let a = args(&Qemu::new(Accel::Tcg), &bare_spec());
-        for flag in ["-initrd", "-drive", "-netdev"] {
+        for flag in ["-drive", "-netdev"] {
             assert_eq!(value_of(&a, flag), None, "{flag}");
         }
         assert_eq!(value_of(&a, "-serial"), Some("stdio"));
@@ -377,7 +389,10 @@ mod tests {
         assert_eq!(cmd.private_files.len(), 1);
         let file = &cmd.private_files[0];
         assert_eq!(file.path, Qemu::readconfig_path(&spec));
-        let line = format!("\n[machine]\nappend = \"{}\"\n", spec.cmdline);
+        let line = format!(
+            "\n[machine]\nappend = \"root=/dev/vda ro rootwait {}\"\n",
+            spec.cmdline
+        );
         assert!(file.contents.contains(&line), "{}", file.contents);
         assert!(file.contents.contains(&token_hex()));
     }
@@ -390,11 +405,49 @@ mod tests {
         };
         let spec = full_spec();
         let cmd = qemu.command(&spec).unwrap();
+        let append = format!("root=/dev/vda ro rootwait {}", spec.cmdline);
         assert_eq!(
             value_of(&cmd.args_lossy(), "-append"),
-            Some(spec.cmdline.as_str())
+            Some(append.as_str())
         );
         assert!(cmd.private_files.is_empty());
+    }
+
+    #[test]
+    fn command_root_params_follow_the_rootfs() {
+        let qemu = Qemu {
+            hide_cmdline: false,
+            ..Qemu::new(Accel::Tcg)
+        };
+        let mut spec = full_spec();
+        spec.initrd = None;
+        let root = spec.rootfs.as_mut().unwrap();
+        root.read_only = false;
+        root.fs_type = FsType::Squashfs;
+        let a = args(&qemu, &spec);
+        let append = format!(
+            "root=/dev/vda rw rootwait rootfstype=squashfs {}",
+            spec.cmdline
+        );
+        assert_eq!(value_of(&a, "-append"), Some(append.as_str()));
+        assert_eq!(value_of(&a, "-initrd"), None);
+        let drive = "file=/img/root.raw,if=none,id=blk-rootfs,format=raw";
+        assert_eq!(value_of(&a, "-drive"), Some(drive));
+
+        spec.rootfs = None;
+        let a = args(&qemu, &bare_spec());
+        assert_eq!(value_of(&a, "-append"), Some(bare_spec().cmdline.as_str()));
+    }
+
+    #[test]
+    fn command_without_initrd_or_rootfs_is_refused() {
+        let mut spec = bare_spec();
+        spec.initrd = None;
+        let err = Qemu::new(Accel::Tcg)
+            .command(&spec)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("initrd or a root disk"), "{err}");
     }
 
     #[test]
@@ -409,7 +462,13 @@ mod tests {
         );
         spec.cmdline = "x".repeat(READCONFIG_APPEND_MAX + 1);
         let err = qemu.command(&spec).unwrap_err().to_string();
-        assert!(err.contains("1001 bytes"), "{err}");
+        assert!(err.contains("1027 bytes"), "{err}");
+        // The root disk's parameters count too.
+        let root = "root=/dev/vda ro rootwait ".len();
+        spec.cmdline = "x".repeat(READCONFIG_APPEND_MAX - root);
+        assert!(qemu.command(&spec).is_ok());
+        spec.cmdline.push('x');
+        assert!(qemu.command(&spec).is_err());
     }
 
     #[test]
@@ -420,11 +479,13 @@ mod tests {
         };
         let a = args(&qemu, &full_spec());
         assert_eq!(value_of(&a, "-M"), Some("microvm,acpi=off"));
-        let drive = "file=/img/root.raw,format=raw,if=none,id=root,readonly=on";
+        let drive = "file=/img/root.raw,if=none,id=blk-rootfs,format=raw,readonly=on";
         assert_eq!(value_of(&a, "-drive"), Some(drive));
         let nic = "virtio-net-device,netdev=net0,mac=02:00:5e:10:00:01";
         let devices = [
-            "virtio-blk-device,drive=root",
+            "virtio-blk-device,drive=blk-rootfs,serial=rootfs",
+            "virtio-blk-device,drive=blk-container,serial=container",
+            "virtio-blk-device,drive=blk-disk0,serial=disk0",
             "vhost-vsock-device,guest-cid=5",
             "virtio-rng-device",
             nic,
@@ -435,13 +496,18 @@ mod tests {
     #[test]
     fn command_doubles_commas_in_paths() {
         let mut spec = full_spec();
-        spec.rootfs = Some(Rootfs {
-            path: "/img/a,b.raw".into(),
-            read_only: false,
-        });
+        spec.rootfs.as_mut().unwrap().path = "/img/a,b.raw".into();
+        spec.disks[1].path = "/img/c,d.raw".into();
         let a = args(&Qemu::new(Accel::Tcg), &spec);
-        let drive = "file=/img/a,,b.raw,format=raw,if=virtio";
-        assert_eq!(value_of(&a, "-drive"), Some(drive));
+        let drives = values_of(&a, "-drive");
+        assert_eq!(
+            drives[0],
+            "file=/img/a,,b.raw,if=none,id=blk-rootfs,format=raw,readonly=on"
+        );
+        assert_eq!(
+            drives[2],
+            "file=/img/c,,d.raw,if=none,id=blk-disk0,format=raw"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub fn token_hex() -> String {
     "ab".repeat(32)
 }
 
-/// A VM with every option set: initrd, read-only rootfs, net, serial log, vhost vsock.
+/// A VM with every option set: initrd, read-only ext4 rootfs, a read-only container disk and a
+/// read-write extra disk, net, serial log, vhost vsock.
 pub fn full_spec() -> VmSpec {
     let params = GuestParams {
         token: Token::from_bytes([0xab; 32]),
@@ -22,7 +23,20 @@ pub fn full_spec() -> VmSpec {
         rootfs: Some(Rootfs {
             path: "/img/root.raw".into(),
             read_only: true,
+            fs_type: FsType::Ext4,
         }),
+        disks: vec![
+            Disk {
+                id: "container".into(),
+                path: "/img/ctr.raw".into(),
+                read_only: true,
+            },
+            Disk {
+                id: "disk0".into(),
+                path: "/img/data.raw".into(),
+                read_only: false,
+            },
+        ],
         mem_mib: 512,
         cpus: 2,
         cmdline: format!("console=ttyS0 {}", params.to_cmdline()),
@@ -39,11 +53,11 @@ pub fn full_spec() -> VmSpec {
     }
 }
 
-/// Only what is required: no initrd, rootfs, net or serial log.
+/// Only what is required: an initrd, and no disks, net or serial log.
 pub fn bare_spec() -> VmSpec {
     VmSpec {
-        initrd: None,
         rootfs: None,
+        disks: Vec::new(),
         serial_log: None,
         net: None,
         ..full_spec()

@@ -27,7 +27,7 @@ use vm_proto::{CallError, Connector, Token};
 
 use crate::backend::{self, Backend};
 use crate::host_services::{CrashConfig, HostServices, VmEvent};
-use crate::hypervisor::{HypervisorError, Rootfs, Stop};
+use crate::hypervisor::{Disk, HypervisorError, Rootfs, Stop};
 use crate::log_forward::LogSink;
 use crate::pool::{Lease, Pool, PoolConfig, PoolError};
 use crate::tap::Tap;
@@ -49,6 +49,8 @@ pub struct VmOptions {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub rootfs: Option<Rootfs>,
+    /// Disks after the root disk, in attach order (see `disk_config`).
+    pub disks: Vec<Disk>,
     pub mem_mib: u32,
     pub cpus: u32,
     pub params: Vec<String>,
@@ -205,6 +207,7 @@ impl RunningVm {
             kernel: opts.kernel.as_ref(),
             initrd: opts.initrd.as_ref(),
             rootfs: opts.rootfs.as_ref(),
+            disks: &opts.disks,
             mem_mib: opts.mem_mib,
             cpus: opts.cpus,
             console_to_stdout: opts.console_to_stdout,

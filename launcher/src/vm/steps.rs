@@ -14,7 +14,7 @@ use super::children::{tee_console, write_private, Helper, Hypervisor};
 use super::{io, LaunchError};
 use crate::backend::{self, Backend, Wiring};
 use crate::host_services::{CrashConfig, HostServices};
-use crate::hypervisor::{HvCommand, NetSpec, Rootfs, Stop, VmSpec, VsockBackend};
+use crate::hypervisor::{Disk, HvCommand, NetSpec, Rootfs, Stop, VmSpec, VsockBackend};
 use crate::log_forward::{LogForwarder, LogSink};
 use crate::pool::Lease;
 use crate::tap::Tap;
@@ -148,6 +148,7 @@ pub(super) struct HvStart<'a> {
     pub kernel: Option<&'a PathBuf>,
     pub initrd: Option<&'a PathBuf>,
     pub rootfs: Option<&'a Rootfs>,
+    pub disks: &'a [Disk],
     pub mem_mib: u32,
     pub cpus: u32,
     pub console_to_stdout: bool,
@@ -191,6 +192,7 @@ pub(super) fn start_hypervisor(s: HvStart<'_>) -> Result<(Hypervisor, Option<Sto
         kernel,
         initrd: s.initrd.cloned(),
         rootfs: s.rootfs.cloned(),
+        disks: s.disks.to_vec(),
         mem_mib: s.mem_mib,
         cpus: s.cpus,
         cmdline: s.cmdline,
