@@ -23,7 +23,13 @@ pub fn workspace() -> PathBuf {
 
 /// The last stdout line of a build script, which is the artifact's path.
 pub fn script_output(script: &str) -> PathBuf {
+    script_output_args(script, &[])
+}
+
+/// The last stdout line of `scripts/SCRIPT ARGS…`.
+pub fn script_output_args(script: &str, args: &[&str]) -> PathBuf {
     let out = Command::new(workspace().join("scripts").join(script))
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
@@ -57,19 +63,65 @@ pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// A component directory (`vm_kernel`, `vm_rootfs.img`: the Chromium OS layout), built once
+/// per test run: $VM_TOOLS_COMPONENT, or `scripts/build-image --component` into the cache.
+pub fn component() -> &'static PathBuf {
+    static COMPONENT: OnceLock<PathBuf> = OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        artifacts(); // the tools, and the kernel the directory copies
+        if let Some(dir) = std::env::var_os("VM_TOOLS_COMPONENT") {
+            return PathBuf::from(dir);
+        }
+        let cache = std::env::var_os("VM_TOOLS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/vm_tools")
+            });
+        let dir = cache.join("e2e-component");
+        script_output_args("build-image", &["--component", dir.to_str().unwrap()])
+    })
+}
+
 /// `vm_launcher SUB --kernel K --initrd I --boot-timeout T ARGS…` on a private runtime dir.
 pub fn vm_cmd(runtime: &Path, sub: &str, args: &[&str]) -> Command {
     let (kernel, initrd) = artifacts();
+    let image = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ];
+    vm_cmd_image(runtime, sub, &image, args)
+}
+
+/// `vm_launcher SUB IMAGE… --boot-timeout T ARGS…`: the image flags given (e.g. `--vm-path`).
+pub fn vm_cmd_image(runtime: &Path, sub: &str, image: &[&str], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm_launcher"));
     cmd.env("VM_LAUNCHER_RUNTIME_DIR", runtime)
         .arg(sub)
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
+        .args(image)
         .args(["--boot-timeout", &BOOT_TIMEOUT.as_secs().to_string()])
         .args(args);
     cmd
+}
+
+/// An ext4 image at `path` holding `files` (path inside, contents), made without root
+/// with `mke2fs -d`, as scripts/build-image makes the rootfs.
+pub fn ext4_image(path: &Path, files: &[(&str, &str)]) {
+    let staging = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let file = staging.path().join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(staging.path())
+        .arg(path)
+        .arg("4M")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mke2fs (e2fsprogs is missing?): {e}"));
+    assert!(out.status.success(), "mke2fs: {}", show(&out));
 }
 
 pub fn show(out: &Output) -> String {
@@ -93,10 +145,22 @@ impl StartedVm {
     }
 
     pub fn start_with(name: &str, extra: &[&str]) -> StartedVm {
+        let (kernel, initrd) = artifacts();
+        let image = [
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ];
+        Self::start_image(name, &image, extra)
+    }
+
+    /// `start` with the image flags given (e.g. `--vm-path DIR`) instead of kernel + initrd.
+    pub fn start_image(name: &str, image: &[&str], extra: &[&str]) -> StartedVm {
         let runtime = tempfile::tempdir().unwrap();
         let mut args = vec!["--name", name];
         args.extend_from_slice(extra);
-        let out = vm_cmd(runtime.path(), "start", &args)
+        let out = vm_cmd_image(runtime.path(), "start", image, &args)
             .stdin(Stdio::null())
             .output()
             .unwrap();
