@@ -797,6 +797,13 @@ mod tests {
     }
 
     #[test]
+    fn run_usage_names_the_contracts_paths_and_limits() {
+        assert!(RUN_USAGE.contains(vm_proto::disks::VM_TOOLS_MOUNT));
+        let max = format!("up to {}", vm_proto::disks::MAX_EXTRA_DISKS);
+        assert!(RUN_USAGE.contains(&max));
+    }
+
+    #[test]
     fn parse_help_everywhere() {
         assert_eq!(parse(&[]).unwrap(), Cli::Help(USAGE));
         assert_eq!(
