@@ -62,6 +62,15 @@ pub fn power_off() -> ! {
     for (target, errno) in mounts::unmount_all(&mounts::unmount_order(&table)) {
         warn!("cannot unmount {target}: {}", errno.desc());
     }
+    // A root disk attached read-write is left clean; a read-only root or an initramfs
+    // needs nothing, so a failure here is not worth a line.
+    let _ = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
     nix::unistd::sync();
     info!("powering off");
     let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
