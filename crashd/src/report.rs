@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use vm_proto::spool;
+
 /// Metadata keys the host and tests rely on.
 pub mod keys {
     pub const EXE: &str = "exe";
@@ -50,39 +52,6 @@ pub struct CrashReportData {
     pub process_tree: String,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-}
-
-fn unescape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some('r') => out.push('\r'),
-                Some(other) => out.push(other),
-                None => {}
-            },
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
-
-/// `YYYYMMDD.HHMMSS` (UTC) of a Unix time, as the host's spool names files.
-pub fn stamp(unix: i64) -> String {
-    vm_proto::time::spool_stamp(unix)
-}
-
-/// Keeps a guest-chosen name to a safe file-name alphabet.
-pub fn safe_name(text: &str) -> String {
-    vm_proto::time::spool_name_part(text, "unknown")
-}
-
 impl CrashReportData {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).map(String::as_str)
@@ -96,8 +65,8 @@ impl CrashReportData {
             .unwrap_or(0);
         format!(
             "{}.{}.{}",
-            safe_name(self.get(keys::EXE).unwrap_or("")),
-            stamp(time),
+            spool::safe_name(self.get(keys::EXE).unwrap_or(""), "unknown"),
+            spool::stamp(time),
             self.get(keys::PID).unwrap_or("0")
         )
     }
@@ -107,33 +76,22 @@ impl CrashReportData {
         let mut text = String::new();
         for (k, v) in &self.metadata {
             if k != "done" && k != keys::PROCESS_TREE {
-                text.push_str(&format!("{k}={}\n", escape(v)));
+                text.push_str(&spool::meta_line(k, v));
             }
         }
-        text.push_str(&format!(
-            "{}={}\n",
-            keys::PROCESS_TREE,
-            escape(&self.process_tree)
-        ));
-        text.push_str("done=1\n");
+        text.push_str(&spool::meta_line(keys::PROCESS_TREE, &self.process_tree));
+        text.push_str(spool::DONE_LINE);
         text
     }
 
     /// Parses a `.meta` text back (without the minidump); `None` unless it ends with done=1.
     pub fn from_meta_text(text: &str) -> Option<CrashReportData> {
-        if !text.ends_with("done=1\n") {
-            return None;
-        }
         let mut report = CrashReportData::default();
-        for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            match k {
-                "done" => {}
-                keys::PROCESS_TREE => report.process_tree = unescape(v),
+        for (k, v) in spool::parse_meta(text)? {
+            match k.as_str() {
+                keys::PROCESS_TREE => report.process_tree = v,
                 _ => {
-                    report.metadata.insert(k.to_string(), unescape(v));
+                    report.metadata.insert(k, v);
                 }
             }
         }
@@ -199,12 +157,6 @@ mod tests {
     #[test]
     fn file_stem_is_safe_and_dated() {
         assert_eq!(sample().file_stem(), "_evil_app.19700101.000000.7");
-    }
-
-    #[test]
-    fn stamp_formats_utc() {
-        assert_eq!(stamp(1_795_000_000), "20261118.110640");
-        assert_eq!(stamp(951_782_400), "20000229.000000");
     }
 
     #[test]

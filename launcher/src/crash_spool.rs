@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use crate::pool::private;
 
 use vm_proto::protos::host::CrashReport;
+use vm_proto::spool::{meta_line, safe_name, stamp, DONE_LINE};
 
 #[derive(Debug)]
 pub struct SpoolError {
@@ -27,16 +28,6 @@ impl fmt::Display for SpoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "crash spool {}: {}", self.path.display(), self.source)
     }
-}
-
-/// Keeps names to a safe file-name alphabet; a guest chooses these strings.
-fn safe_name(text: &str, fallback: &str) -> String {
-    vm_proto::time::spool_name_part(text, fallback)
-}
-
-/// `YYYYMMDD.HHMMSS` (UTC) of a Unix time.
-pub fn stamp(unix: i64) -> String {
-    vm_proto::time::spool_stamp(unix)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
@@ -103,6 +94,16 @@ pub fn prune(spool: &Path, vm_id: &str, keep: usize) -> Result<Vec<PathBuf>, Spo
     Ok(removed)
 }
 
+/// A `.meta` line of a value the guest chose: escaped as the format says, then any other
+/// control character or invalid UTF-8 scrubbed (a crash reporter reads this file).
+fn guest_line(key: &str, value: &str) -> String {
+    let line = meta_line(key, value);
+    format!(
+        "{}\n",
+        crate::log_forward::scrub(line.trim_end_matches('\n').as_bytes())
+    )
+}
+
 /// Writes one report; returns the `.dmp` and `.meta` paths.
 pub fn store(
     spool: &Path,
@@ -135,25 +136,18 @@ pub fn store(
         let k = safe_name(k, "key");
         // The host writes these itself; a guest may not forge them.
         if !HOST_KEYS.contains(&k.as_str()) {
-            text.push_str(&format!(
-                "{k}={}\n",
-                crate::log_forward::scrub(v.as_bytes())
-            ));
+            text.push_str(&guest_line(&k, v));
         }
     }
-    // The ancestors, one per line in the report: newlines become `\n` (backslashes `\\`).
-    let tree = report
-        .get_process_tree()
-        .replace('\\', "\\\\")
-        .replace('\n', "\\n");
-    text.push_str(&format!(
-        "process_tree={}\n",
-        crate::log_forward::scrub(tree.as_bytes())
+    // The ancestors, one per line in the report, escaped onto one line like every value.
+    text.push_str(&guest_line("process_tree", report.get_process_tree()));
+    text.push_str(&meta_line("vm_id", vm_id));
+    text.push_str(&meta_line("payload", &dmp.display().to_string()));
+    text.push_str(&meta_line(
+        "payload_size",
+        &report.get_minidump().len().to_string(),
     ));
-    text.push_str(&format!("vm_id={vm_id}\n"));
-    text.push_str(&format!("payload={}\n", dmp.display()));
-    text.push_str(&format!("payload_size={}\n", report.get_minidump().len()));
-    text.push_str("done=1\n");
+    text.push_str(DONE_LINE);
     write_atomic(&meta_path, text.as_bytes())?;
     Ok((dmp, meta_path))
 }
@@ -161,13 +155,6 @@ pub fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stamp_formats_utc() {
-        assert_eq!(stamp(0), "19700101.000000");
-        assert_eq!(stamp(1_795_000_000), "20261118.110640");
-        assert_eq!(stamp(951_782_400), "20000229.000000");
-    }
 
     #[test]
     fn store_writes_dump_and_meta_ending_with_done() {

@@ -19,6 +19,7 @@ pub mod redact;
 pub mod server;
 #[cfg(feature = "grpc")]
 pub mod severity;
+pub mod spool;
 pub mod stream;
 mod sys;
 pub mod time;
