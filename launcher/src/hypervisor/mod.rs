@@ -27,8 +27,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use vm_proto::cmdline::KEY_TOKEN;
-
 pub use crosvm::{Crosvm, CrosvmFlags};
 pub use lkvm::Lkvm;
 pub use qemu::{probe_accel, Accel, Machine, Qemu};
@@ -393,22 +391,9 @@ impl std::error::Error for HypervisorError {
     }
 }
 
-/// `text` with the value of every `maitred.token=` replaced by `<redacted>`.
+/// The token hidden (`vm_proto::redact`, the one rule every program uses).
 pub fn redact(text: &str) -> String {
-    let key = format!("{KEY_TOKEN}=");
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(&key) {
-        let value_at = at + key.len();
-        out.push_str(&rest[..value_at]);
-        out.push_str("<redacted>");
-        let value_len = rest[value_at..]
-            .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
-            .unwrap_or(rest.len() - value_at);
-        rest = &rest[value_at + value_len..];
-    }
-    out.push_str(rest);
-    out
+    vm_proto::redact::redact_token(text)
 }
 
 /// `prefix` + `path` + `suffix` as one argument, without a UTF-8 round trip.
@@ -446,6 +431,7 @@ mod tests {
 
     #[test]
     fn redact_hides_every_token_value() {
+        use vm_proto::cmdline::KEY_TOKEN;
         let text = format!("a {KEY_TOKEN}={} b \"{KEY_TOKEN}=x,y\"", token_hex());
         assert_eq!(
             redact(&text),
