@@ -19,7 +19,7 @@ use crash_collector::report::keys;
 use crash_collector::send::Sender;
 use crash_collector::spool::{Spool, SpoolError};
 use crash_collector::{sys, ProcSource};
-use vm_proto::{Address, AddressError, GuestParams};
+use vm_proto::{AddressError, GuestParams};
 
 #[derive(Debug)]
 enum MainError {
@@ -68,12 +68,6 @@ impl From<Delivery> for Outcome {
     }
 }
 
-fn read_params(config: &Config) -> Result<GuestParams, String> {
-    let text = std::fs::read_to_string(&config.cmdline)
-        .map_err(|e| format!("cannot read {}: {e}", config.cmdline.display()))?;
-    GuestParams::from_cmdline(&text).map_err(|e| e.to_string())
-}
-
 fn run(config: Config) -> Result<Outcome, MainError> {
     // /proc first: it is alive while the kernel writes the core (core_pipe_limit > 0).
     let proc = ProcSource::new(&config.proc_root).snapshot(config.crash.pid);
@@ -107,7 +101,7 @@ fn run(config: Config) -> Result<Outcome, MainError> {
         }
     };
     let mut report = collected.render(config.max_size);
-    let params = read_params(&config);
+    let params = GuestParams::from_proc_cmdline(&config.cmdline);
     if let Ok(p) = &params {
         report.metadata.insert(keys::VM_ID.into(), p.vm_id.clone());
     }
@@ -134,10 +128,7 @@ fn run(config: Config) -> Result<Outcome, MainError> {
             addr: text.clone(),
             source,
         })?,
-        None => Address::Vsock {
-            cid: vm_proto::HOST_CID,
-            port: params.host_port,
-        },
+        None => params.host_address(),
     };
     let sender = Sender::new(addr, params.token);
     deliver(&spool, &sender, &collected, report)

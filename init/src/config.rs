@@ -63,7 +63,7 @@ impl Config {
                 cid: vm_proto::ANY_CID,
                 port: MAITRED_PORT,
             },
-            cmdline: PathBuf::from("/proc/cmdline"),
+            cmdline: PathBuf::from(vm_proto::cmdline::PROC_CMDLINE),
             host: None,
             services: PathBuf::from("/etc/maitred"),
         }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use vm_proto::protos::common::EmptyMessage;
-use vm_proto::protos::guest::ProcessStatus;
 use vm_proto::protos::host::ApplicationExit;
 use vm_proto::protos::host_grpc::StartupListenerClient;
 use vm_proto::{CallError, Connector};
@@ -52,16 +51,9 @@ impl HostLink {
     pub fn application_exited(&self, pid: i32, exit: Exit) -> Result<(), CallError> {
         let mut msg = ApplicationExit::new();
         msg.set_pid(pid as u32);
-        match exit {
-            Exit::Code(code) => {
-                msg.set_status(ProcessStatus::EXITED);
-                msg.set_code(code);
-            }
-            Exit::Signal(signal) => {
-                msg.set_status(ProcessStatus::SIGNALED);
-                msg.set_code(signal);
-            }
-        }
+        let (status, code) = crate::launch::exit_status(exit);
+        msg.set_status(status);
+        msg.set_code(code);
         self.with_retries(|| {
             self.connector.call(CALL_TIMEOUT, |ch, opt| {
                 StartupListenerClient::new(ch).application_exited_opt(&msg, opt)

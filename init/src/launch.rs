@@ -78,17 +78,19 @@ fn launched(pid: i32) -> LaunchProcessResponse {
     resp
 }
 
-fn set_exit(resp: &mut LaunchProcessResponse, exit: Exit) {
+/// How an exit travels on the wire, in LaunchProcess's reply and in ApplicationExited:
+/// EXITED with the exit code, or SIGNALED with the signal number.
+pub fn exit_status(exit: Exit) -> (ProcessStatus, i32) {
     match exit {
-        Exit::Code(code) => {
-            resp.set_status(ProcessStatus::EXITED);
-            resp.set_code(code);
-        }
-        Exit::Signal(signal) => {
-            resp.set_status(ProcessStatus::SIGNALED);
-            resp.set_code(signal);
-        }
+        Exit::Code(code) => (ProcessStatus::EXITED, code),
+        Exit::Signal(signal) => (ProcessStatus::SIGNALED, signal),
     }
+}
+
+fn set_exit(resp: &mut LaunchProcessResponse, exit: Exit) {
+    let (status, code) = exit_status(exit);
+    resp.set_status(status);
+    resp.set_code(code);
 }
 
 /// Reads `pipe` to its end, keeping at most [`OUTPUT_LIMIT`] bytes; true if it cut some.
@@ -190,4 +192,16 @@ pub fn launch(
         application_ended(ctx, pid, exit);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_code_and_signal_map_to_their_status() {
+        assert_eq!(exit_status(Exit::Code(3)), (ProcessStatus::EXITED, 3));
+        assert_eq!(exit_status(Exit::Code(0)), (ProcessStatus::EXITED, 0));
+        assert_eq!(exit_status(Exit::Signal(9)), (ProcessStatus::SIGNALED, 9));
+    }
 }

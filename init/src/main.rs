@@ -44,7 +44,7 @@ use std::sync::Arc;
 use nix::sys::signal::{SigSet, Signal};
 use vm_proto::protos::guest_grpc::create_maitred;
 use vm_proto::server::PeerFilter;
-use vm_proto::{Address, Connector, GrpcServer, GuestParams, Listener, Peer, HOST_CID};
+use vm_proto::{Connector, GrpcServer, GuestParams, Listener, Peer, HOST_CID};
 
 use crate::config::{Config, ConfigError, USAGE};
 use crate::context::{Context, Shutdown};
@@ -110,25 +110,14 @@ fn run(config: Config) {
         fatal(pid1, &format!("cannot block signals: {}", e.desc()));
     }
 
-    let cmdline = std::fs::read(&config.cmdline)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| {
-            fatal(
-                pid1,
-                &format!("cannot read {}: {e}", config.cmdline.display()),
-            )
-        });
-    let params =
-        GuestParams::from_cmdline(&cmdline).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    let params = GuestParams::from_proc_cmdline(&config.cmdline)
+        .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
     if pid1 {
         pid1::set_hostname(&params.vm_id);
     }
 
     let env = vm_proto::grpc_environment("maitred");
-    let host_addr = config.host.clone().unwrap_or(Address::Vsock {
-        cid: HOST_CID,
-        port: params.host_port,
-    });
+    let host_addr = config.host.clone().unwrap_or_else(|| params.host_address());
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded();
     let ctx = Arc::new(Context {
         reaper: reaper::Reaper::new(),

@@ -7,7 +7,9 @@
 //! belongs to init and never sets a key), and a repeated key's last value wins.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
+use crate::address::Address;
 use crate::auth::{Token, TokenError};
 
 pub const KEY_TOKEN: &str = "maitred.token";
@@ -15,6 +17,8 @@ pub const KEY_HOST_PORT: &str = "maitred.host_port";
 pub const KEY_VM_ID: &str = "maitred.vm_id";
 /// A VM id becomes the guest's hostname and part of host paths.
 pub const VM_ID_MAX_LEN: usize = 63;
+/// Where a guest program reads the kernel command line.
+pub const PROC_CMDLINE: &str = "/proc/cmdline";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestParams {
@@ -63,6 +67,37 @@ impl fmt::Display for CmdlineError {
 }
 
 impl std::error::Error for CmdlineError {}
+
+/// Reading the guest parameters from a file (normally [`PROC_CMDLINE`]) failed.
+#[derive(Debug)]
+pub enum ParamsError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        path: PathBuf,
+        source: CmdlineError,
+    },
+}
+
+impl fmt::Display for ParamsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Self::Parse { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ParamsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Read { source, .. } => Some(source),
+            Self::Parse { source, .. } => Some(source),
+        }
+    }
+}
 
 /// Splits a command line into words the way the kernel does.
 pub fn words(cmdline: &str) -> Vec<String> {
@@ -140,6 +175,31 @@ impl GuestParams {
         })
     }
 
+    /// Reads and parses a kernel command line file: what every guest program does at start
+    /// (`path` is [`PROC_CMDLINE`] unless a test points it elsewhere). Invalid UTF-8 is
+    /// replaced, so a stray byte elsewhere on the line cannot hide the keys.
+    pub fn from_proc_cmdline(path: &Path) -> Result<GuestParams, ParamsError> {
+        let bytes = std::fs::read(path).map_err(|source| ParamsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        GuestParams::from_cmdline(&String::from_utf8_lossy(&bytes)).map_err(|source| {
+            ParamsError::Parse {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// The host services' default address, seen from the guest: vsock CID 2 (the host) on
+    /// `maitred.host_port`. A guest program's `--host` flag overrides it in tests.
+    pub fn host_address(&self) -> Address {
+        Address::Vsock {
+            cid: crate::HOST_CID,
+            port: self.host_port,
+        }
+    }
+
     /// The words to append to the guest's kernel command line. Holds the secret token.
     pub fn to_cmdline(&self) -> String {
         format!(
@@ -168,6 +228,48 @@ mod tests {
         assert_eq!(p.host_port, 5000);
         assert_eq!(p.vm_id, "vm1");
         assert_eq!(GuestParams::from_cmdline(&p.to_cmdline()).unwrap(), p);
+    }
+
+    #[test]
+    fn from_proc_cmdline_reads_file_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("cmdline");
+        let mut bytes = line("quiet").into_bytes();
+        bytes.extend_from_slice(b" junk=\xff\n");
+        std::fs::write(&good, bytes).unwrap();
+        let p = GuestParams::from_proc_cmdline(&good).unwrap();
+        assert_eq!((p.host_port, p.vm_id.as_str()), (5000, "vm1"));
+        assert_eq!(
+            p.host_address(),
+            Address::Vsock {
+                cid: crate::HOST_CID,
+                port: 5000
+            }
+        );
+
+        let missing = dir.path().join("nope");
+        let err = GuestParams::from_proc_cmdline(&missing).unwrap_err();
+        assert!(matches!(err, ParamsError::Read { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("cannot read "), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "console=ttyS0").unwrap();
+        let err = GuestParams::from_proc_cmdline(&bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ParamsError::Parse {
+                    source: CmdlineError::Missing(KEY_TOKEN),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("bad: kernel command line"),
+            "{err}"
+        );
     }
 
     #[test]

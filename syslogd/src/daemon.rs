@@ -3,12 +3,12 @@
 //! SIGTERM, when everything waiting is flushed.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use vm_proto::{Address, CmdlineError, Connector, GuestParams, HOST_CID};
+use vm_proto::cmdline::ParamsError;
+use vm_proto::{Connector, GuestParams};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
@@ -23,14 +23,7 @@ pub const BATCH_BYTES: usize = 64 << 10;
 
 #[derive(Debug)]
 pub enum DaemonError {
-    ReadCmdline {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    Cmdline {
-        path: PathBuf,
-        source: CmdlineError,
-    },
+    Params(ParamsError),
     DevLog(DevLogError),
     Signals(std::io::Error),
     Thread(std::io::Error),
@@ -39,10 +32,7 @@ pub enum DaemonError {
 impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ReadCmdline { path, source } => {
-                write!(f, "cannot read {}: {source}", path.display())
-            }
-            Self::Cmdline { path, source } => write!(f, "{}: {source}", path.display()),
+            Self::Params(e) => e.fmt(f),
             Self::DevLog(e) => e.fmt(f),
             Self::Signals(e) => write!(f, "cannot handle SIGTERM: {e}"),
             Self::Thread(e) => write!(f, "cannot start a reader thread: {e}"),
@@ -51,19 +41,6 @@ impl fmt::Display for DaemonError {
 }
 
 impl std::error::Error for DaemonError {}
-
-fn guest_params(path: &Path) -> Result<GuestParams, DaemonError> {
-    let bytes = std::fs::read(path).map_err(|source| DaemonError::ReadCmdline {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    GuestParams::from_cmdline(&String::from_utf8_lossy(&bytes)).map_err(|source| {
-        DaemonError::Cmdline {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
-}
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), DaemonError> {
     std::thread::Builder::new()
@@ -75,11 +52,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), DaemonErro
 
 /// Runs until SIGTERM or SIGINT, then flushes and returns.
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    let params = guest_params(&config.cmdline)?;
-    let host = config.host.clone().unwrap_or(Address::Vsock {
-        cid: HOST_CID,
-        port: params.host_port,
-    });
+    let params = GuestParams::from_proc_cmdline(&config.cmdline).map_err(DaemonError::Params)?;
+    let host = config.host.clone().unwrap_or_else(|| params.host_address());
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
     let buffer = Arc::new(Buffer::new(config.buffer_bytes, BATCH_BYTES));
 
