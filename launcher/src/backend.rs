@@ -21,15 +21,6 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Qemu(h) => h.name(),
-            Backend::Crosvm(h) => h.name(),
-            Backend::Lkvm(h) => h.name(),
-            Backend::Process { .. } => "process",
-        }
-    }
-
     pub fn hypervisor(&self) -> Option<&dyn Hypervisor> {
         match self {
             Backend::Qemu(h) => Some(h),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::disk_config::DiskArg;
-use crate::hypervisor::Accel;
+use crate::hypervisor::{accel, Accel};
 use crate::log_forward::LogSink;
 
 pub const USAGE: &str = "\
@@ -51,9 +51,11 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
                          disk0, …)
   --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
                          host-mode maitred as a child process (tests and demos)
-  --accel kvm|tcg        QEMU accelerator (default: tcg unless --accel kvm)
+  --accel auto|kvm|tcg   QEMU accelerator. auto (default): KVM when /dev/kvm works, which
+                         a probe guest checks once per boot; TCG otherwise, with one line
+                         on stderr saying why when it is decided
   --mem MIB              guest memory (default 512)
-  --cpus N               vCPUs (default 1)
+  --cpus N               vCPUs the guest can use (default 1)
   --name ID              VM id (default: generated); also the guest's hostname
   --params TEXT          extra guest kernel command line (repeatable)
   --net tap|none         tap: a TAP device with the VM's /30 (root only), configured in the
@@ -118,7 +120,8 @@ pub struct RunArgs {
     /// `--disk`, in command-line order (disk0, disk1, …).
     pub disks: Vec<DiskArg>,
     pub hypervisor: HypervisorName,
-    pub accel: Accel,
+    /// `--accel`; None is auto (decided by `hypervisor::accel::Probe` before boot).
+    pub accel: Option<Accel>,
     pub mem_mib: u32,
     pub cpus: u32,
     pub name: Option<String>,
@@ -195,7 +198,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         container_rw: false,
         disks: Vec::new(),
         hypervisor: HypervisorName::Qemu,
-        accel: Accel::Tcg,
+        accel: None,
         mem_mib: 512,
         cpus: 1,
         name: None,
@@ -269,7 +272,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
                     }
                 }
             }
-            "--accel" => run.accel = value()?.parse().map_err(CliError)?,
+            "--accel" => run.accel = accel::parse_flag(&value()?).map_err(CliError)?,
             "--mem" => run.mem_mib = number(flag, &value()?)?,
             "--cpus" => run.cpus = number(flag, &value()?)?,
             "--name" => {

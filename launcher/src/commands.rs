@@ -17,7 +17,8 @@ use crate::container_image;
 use crate::disk_config::{self, VmFiles};
 use crate::exec_broker;
 use crate::host_services::CrashConfig;
-use crate::hypervisor::{Crosvm, CrosvmFlags, Lkvm, Qemu};
+use crate::hypervisor::accel::Probe;
+use crate::hypervisor::{Accel, Crosvm, CrosvmFlags, Lkvm, Qemu};
 use crate::log_forward::LogSink;
 use crate::pool::{default_runtime_dir, Pool, PoolConfig};
 use crate::stream_client;
@@ -65,6 +66,23 @@ fn runtime_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(default_runtime_dir)
 }
 
+/// QEMU's accelerator: the forced one, or `--accel auto` decided now (see
+/// `hypervisor::accel`), with one line on stderr when it was not already decided this boot.
+fn choose_accel(forced: Option<Accel>, kernel: Option<&std::path::Path>) -> Accel {
+    match (forced, kernel) {
+        (Some(accel), _) => accel,
+        // No kernel: the VM cannot boot anyway, and says why.
+        (None, None) => Accel::Tcg,
+        (None, Some(kernel)) => {
+            let choice = Probe::new(&Qemu::new(Accel::Kvm), kernel).choose();
+            if choice.fresh {
+                eprintln!("{}", choice.line());
+            }
+            choice.accel
+        }
+    }
+}
+
 fn options(
     args: RunArgs,
     files: VmFiles,
@@ -74,7 +92,9 @@ fn options(
 ) -> Result<VmOptions, String> {
     let runtime = runtime_dir(args.runtime_dir);
     let backend = match args.hypervisor {
-        HypervisorName::Qemu => Backend::Qemu(Qemu::new(args.accel)),
+        HypervisorName::Qemu => {
+            Backend::Qemu(Qemu::new(choose_accel(args.accel, files.kernel.as_deref())))
+        }
         HypervisorName::Crosvm => Backend::Crosvm(Crosvm::new(CrosvmFlags::Current)),
         HypervisorName::Lkvm => Backend::Lkvm(Lkvm::default()),
         HypervisorName::Process => Backend::Process {
@@ -273,8 +293,15 @@ pub fn start(args: RunArgs) -> ExitCode {
         return serve_detached(args);
     }
     // Bad files are reported here, before a background launcher exists.
-    if let Err(e) = disk_config::resolve(&args) {
-        return fail(e);
+    let files = match disk_config::resolve(&args) {
+        Ok(files) => files,
+        Err(e) => return fail(e),
+    };
+    let mut child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.hypervisor == HypervisorName::Qemu && args.accel.is_none() {
+        // Decided here, so its line reaches the user; the background launcher is told.
+        let accel = choose_accel(None, files.kernel.as_deref());
+        child_args.splice(1..1, ["--accel".into(), accel.to_string().into()]);
     }
     // Re-run ourselves in a new session; it prints "ready <id>" once the VM is up.
     let exe = match std::env::current_exe() {
@@ -283,7 +310,7 @@ pub fn start(args: RunArgs) -> ExitCode {
     };
     let mut command = Command::new(exe);
     command
-        .args(std::env::args_os().skip(1))
+        .args(child_args)
         .env(DETACHED_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

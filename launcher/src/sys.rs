@@ -51,3 +51,18 @@ pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Option<vm_proto::stream::
         cols: ws.ws_col,
     })
 }
+
+/// `_IO(KVMIO = 0xAE, 0x00)`.
+const KVM_GET_API_VERSION: libc::Ioctl = 0xAE00;
+
+/// KVM_GET_API_VERSION on an open /dev/kvm (ENOTTY on any other file).
+pub fn kvm_api_version(kvm: std::os::fd::BorrowedFd<'_>) -> std::io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int; `kvm` is an open
+    // fd for the whole call.
+    let version = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION) };
+    if version < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(version)
+}

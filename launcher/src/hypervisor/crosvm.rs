@@ -80,10 +80,6 @@ impl Crosvm {
 }
 
 impl Hypervisor for Crosvm {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError> {
         spec.check(NAME)?;
         let legacy = self.flags == CrosvmFlags::Legacy;
@@ -126,16 +122,8 @@ impl Hypervisor for Crosvm {
                 false => cmd.pair("--net", format!("tap-name={},mac={}", net.tap, net.mac)),
             };
         }
-        match &spec.serial_log {
-            Some(log) => {
-                let log = no_comma(NAME, "serial_log", log)?;
-                cmd.pair(
-                    "--serial",
-                    concat("type=file,path=", log, ",num=1,console=true"),
-                )
-            }
-            None => cmd.pair("--serial", "type=stdout,num=1,console=true,stdin=true"),
-        };
+        // The serial console on stdout: the launcher reads it from a pipe.
+        cmd.pair("--serial", "type=stdout,num=1,console=true,stdin=true");
         cmd.pair("--socket", &spec.control_socket);
         cmd.arg(&spec.kernel);
         Ok(cmd)
@@ -177,7 +165,7 @@ mod tests {
         assert_eq!(values_of(&a, "--block"), blocks);
         let net = "tap-name=vmtap5,mac=02:00:5e:10:00:01";
         assert_eq!(value_of(&a, "--net"), Some(net));
-        let serial = "type=file,path=/run/vm/vm-1/serial.log,num=1,console=true";
+        let serial = "type=stdout,num=1,console=true,stdin=true";
         assert_eq!(value_of(&a, "--serial"), Some(serial));
         assert_eq!(value_of(&a, "--socket"), Some("/run/vm/vm-1/control.sock"));
         assert_eq!(a.last().map(String::as_str), Some("/k/bzImage"));

@@ -1,8 +1,8 @@
 //! The kvmtool command line (`lkvm run …`, `lkvm stop --name ID`).
 //!
 //! kvmtool names its control socket itself (`~/.lkvm/<name>.sock`), so the VM is addressed by
-//! `--name`; `VmSpec::control_socket` is unused. It writes the serial console to its stdout,
-//! so a serial log becomes [`HvCommand::stdout`]. Its `-n` takes no netmask (the host end gets
+//! `--name`; `VmSpec::control_socket` is unused. It writes the serial console to its stdout
+//! (`--console serial`), where the launcher reads it. Its `-n` takes no netmask (the host end gets
 //! `host_ip`), it has no vhost-user vsock, and like crosvm it needs KVM and takes the token on
 //! argv (`-p`).
 //!
@@ -32,10 +32,6 @@ impl Default for Lkvm {
 }
 
 impl Hypervisor for Lkvm {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError> {
         spec.check(NAME)?;
         let cid = match &spec.vsock {
@@ -79,7 +75,6 @@ impl Hypervisor for Lkvm {
             );
         }
         cmd.pair("--console", "serial");
-        cmd.stdout = spec.serial_log.clone();
         Ok(cmd)
     }
 
@@ -116,7 +111,6 @@ mod tests {
         let net = "mode=tap,tapif=vmtap5,guest_mac=02:00:5e:10:00:01,host_ip=100.115.92.5";
         assert_eq!(value_of(&a, "-n"), Some(net));
         assert_eq!(value_of(&a, "--console"), Some("serial"));
-        assert_eq!(cmd.stdout, Some("/run/vm/vm-1/serial.log".into()));
     }
 
     #[test]
@@ -138,7 +132,6 @@ mod tests {
             spec.cmdline
         );
         assert_eq!(value_of(&a, "-p"), Some(params.as_str()));
-        assert_eq!(cmd.stdout, None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Hypervisor command lines: one [`VmSpec`] and one [`Hypervisor`] trait shared by every
-//! back-end, one module per back-end (`qemu`, `crosvm`, `lkvm`).
+//! back-end, one module per back-end (`qemu`, `crosvm`, `lkvm`); `accel` picks QEMU's KVM or TCG.
 //!
 //! Everything here is a pure function from a spec to an inspectable [`HvCommand`] (program,
-//! argv, private files to write first, where stdout goes): nothing starts a hypervisor, so every
+//! argv, private files to write first): nothing starts a hypervisor, so every
 //! argument is unit-tested. The guest kernel command line carries the VM's secret token:
 //! `Debug`/`Display` of these types redact it, and QEMU can keep it off `ps` altogether (see
 //! `qemu`). crosvm and kvmtool take it on argv only.
@@ -12,6 +12,7 @@
 //! identity from `vm_proto::disks` as a virtio-blk serial where the back-end can set one
 //! (QEMU `serial=`, crosvm `id=`); kvmtool cannot, so its guests see probe order only.
 
+pub mod accel;
 pub mod crosvm;
 pub mod lkvm;
 pub mod qemu;
@@ -27,9 +28,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+pub use accel::Accel;
 pub use crosvm::{Crosvm, CrosvmFlags};
 pub use lkvm::Lkvm;
-pub use qemu::{probe_accel, Accel, Machine, Qemu};
+pub use qemu::{Machine, Qemu};
 
 use crate::pool::MacAddr;
 
@@ -110,8 +112,6 @@ pub struct VmSpec {
     /// The guest kernel command line without the root disk's parameters (each back-end adds
     /// those, see [`VmSpec::cmdline_with_root`]). Holds the secret token.
     pub cmdline: String,
-    /// The serial console goes to this file, or to the hypervisor's stdio when None.
-    pub serial_log: Option<PathBuf>,
     /// QEMU's QMP socket or crosvm's control socket (kvmtool picks its own from `name`).
     pub control_socket: PathBuf,
     pub vsock: VsockBackend,
@@ -131,7 +131,6 @@ impl fmt::Debug for VmSpec {
             .field("mem_mib", &self.mem_mib)
             .field("cpus", &self.cpus)
             .field("cmdline", &redact(&self.cmdline))
-            .field("serial_log", &self.serial_log)
             .field("control_socket", &self.control_socket)
             .field("vsock", &self.vsock)
             .field("net", &self.net)
@@ -231,8 +230,6 @@ pub struct HvCommand {
     pub args: Vec<OsString>,
     /// Write these (see [`HvCommand::write_private_files`]) before spawning.
     pub private_files: Vec<PrivateFile>,
-    /// Send the program's stdout here (kvmtool's serial console) instead of inheriting it.
-    pub stdout: Option<PathBuf>,
 }
 
 impl HvCommand {
@@ -241,7 +238,6 @@ impl HvCommand {
             program: program.into(),
             args: Vec::new(),
             private_files: Vec::new(),
-            stdout: None,
         }
     }
 
@@ -292,7 +288,7 @@ impl HvCommand {
         }
     }
 
-    /// A `std::process::Command` for this invocation; stdout redirection is the caller's.
+    /// A `std::process::Command` for this invocation; its stdio is the caller's.
     pub fn to_command(&self) -> std::process::Command {
         let mut command = std::process::Command::new(&self.program);
         command.args(&self.args);
@@ -328,7 +324,6 @@ pub enum Stop {
 }
 
 pub trait Hypervisor {
-    fn name(&self) -> &'static str;
     /// The command that starts the VM described by `spec`.
     fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError>;
     /// How to stop it again.

@@ -1,4 +1,4 @@
-//! The QEMU (`qemu-system-x86_64`) command line, and picking KVM or TCG.
+//! The QEMU (`qemu-system-x86_64`) command line (KVM or TCG: `accel` picks one).
 //!
 //! Keeping the token off `ps`: QEMU takes the kernel command line as `-append` only, but
 //! `-append`, `-kernel` and `-initrd` are properties of the machine, and `-readconfig FILE`
@@ -13,81 +13,16 @@
 //! append`), so the control socket must live in the VM's private directory.
 
 use std::ffi::OsString;
-use std::fmt;
-use std::fs::OpenOptions;
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use vm_proto::disks::ROOTFS;
 
-use super::VsockBackend;
 use super::{concat, HvCommand, Hypervisor, HypervisorError, PrivateFile, Stop, VmSpec};
+use super::{Accel, VsockBackend};
 
 const NAME: &str = "qemu";
 /// The longest command line we put in a `-readconfig` file (QEMU 7.2 reads up to 1012).
 pub const READCONFIG_APPEND_MAX: usize = 1000;
-/// What `KVM_GET_API_VERSION` has returned since Linux 2.6.22.
-pub const KVM_API_VERSION: i32 = 12;
-/// `_IO(KVMIO = 0xAE, 0x00)`.
-const KVM_GET_API_VERSION: libc::Ioctl = 0xAE00;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl fmt::Display for Accel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
-
-impl FromStr for Accel {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Accel, String> {
-        match text {
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            _ => Err(format!("accelerator {text:?}: expected kvm or tcg")),
-        }
-    }
-}
-
-/// The KVM API version /dev/kvm (or `path`) reports, opened read-write.
-pub fn kvm_api_version(path: &Path) -> io::Result<i32> {
-    let kvm = OpenOptions::new().read(true).write(true).open(path)?;
-    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int; `kvm` is an
-    // open fd for the whole call. On a non-KVM file the kernel answers ENOTTY.
-    let version = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION) };
-    if version < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(version)
-}
-
-/// KVM only when the caller vouches that KVM works on this host (`trust_kvm`, e.g. from a
-/// flag) AND /dev/kvm opens read-write and speaks API version 12; TCG otherwise. The probe
-/// cannot prove KVM usable: the paravirtual nested /dev/kvm of our dev machines passes it and
-/// still fails to run a guest (FIELD-NOTES), hence the flag. An explicit `--accel kvm` should
-/// skip this and use [`Accel::Kvm`] directly.
-pub fn probe_accel(trust_kvm: bool) -> Accel {
-    probe_accel_at(Path::new("/dev/kvm"), trust_kvm)
-}
-
-/// [`probe_accel`] on another device path (tests).
-pub fn probe_accel_at(path: &Path, trust_kvm: bool) -> Accel {
-    match trust_kvm && kvm_api_version(path).ok() == Some(KVM_API_VERSION) {
-        true => Accel::Kvm,
-        false => Accel::Tcg,
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Machine {
@@ -99,6 +34,16 @@ pub enum Machine {
     /// order there follows QEMU's virtio-mmio slot assignment, not argv order (not measured
     /// here): guests find disks by serial, and `root=/dev/vda` may need `--params root=`.
     Microvm,
+}
+
+impl std::fmt::Display for Machine {
+    /// The `-M` value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm,acpi=off",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,18 +135,11 @@ fn escape(path: &Path) -> OsString {
 }
 
 impl Hypervisor for Qemu {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError> {
         spec.check(NAME)?;
         let mut cmd = HvCommand::new(&self.program);
         let vhost_user = matches!(spec.vsock, VsockBackend::VhostUser { .. });
-        let mut machine = match self.machine {
-            Machine::Q35 => "q35".to_string(),
-            Machine::Microvm => "microvm,acpi=off".to_string(),
-        };
+        let mut machine = self.machine.to_string();
         if vhost_user {
             // vhost-user needs guest memory the back-end can map: a shared memfd.
             machine.push_str(",memory-backend=mem");
@@ -218,10 +156,8 @@ impl Hypervisor for Qemu {
         cmd.arg("-nodefaults")
             .arg("-no-reboot")
             .pair("-display", "none");
-        match &spec.serial_log {
-            Some(log) => cmd.pair("-serial", concat("file:", log.as_os_str(), "")),
-            None => cmd.pair("-serial", "stdio"),
-        };
+        // The serial console on stdout: the launcher reads it from a pipe.
+        cmd.pair("-serial", "stdio");
         let qmp = escape(&spec.control_socket);
         cmd.pair("-qmp", concat("unix:", &qmp, ",server=on,wait=off"));
         cmd.pair("-kernel", &spec.kernel);
@@ -305,10 +241,7 @@ mod tests {
         }
         assert!(!a.iter().any(|x| x == "-nographic" || x == "-append"));
         assert_eq!(value_of(&a, "-display"), Some("none"));
-        assert_eq!(
-            value_of(&a, "-serial"),
-            Some("file:/run/vm/vm-1/serial.log")
-        );
+        assert_eq!(value_of(&a, "-serial"), Some("stdio"));
         let qmp = "unix:/run/vm/vm-1/control.sock,server=on,wait=off";
         assert_eq!(value_of(&a, "-qmp"), Some(qmp));
         assert_eq!(value_of(&a, "-kernel"), Some("/k/bzImage"));
@@ -338,7 +271,6 @@ mod tests {
             ]
         );
         assert_eq!(value_of(&a, "-object"), None);
-        assert_eq!(cmd.stdout, None);
     }
 
     #[test]
@@ -515,27 +447,5 @@ mod tests {
         let spec = full_spec();
         let socket = spec.control_socket.clone();
         assert_eq!(Qemu::new(Accel::Tcg).stop(&spec), Stop::QmpQuit { socket });
-    }
-
-    #[test]
-    fn probe_accel_without_trust_or_real_kvm_is_tcg() {
-        let dir = tempfile::tempdir().unwrap();
-        let not_kvm = dir.path().join("kvm");
-        std::fs::write(&not_kvm, "").unwrap();
-        assert_eq!(probe_accel_at(&not_kvm, false), Accel::Tcg);
-        assert_eq!(probe_accel_at(&not_kvm, true), Accel::Tcg);
-        assert_eq!(
-            probe_accel_at(&dir.path().join("missing"), true),
-            Accel::Tcg
-        );
-        assert!(kvm_api_version(&not_kvm).is_err());
-    }
-
-    #[test]
-    fn accel_parses_and_prints() {
-        for accel in [Accel::Kvm, Accel::Tcg] {
-            assert_eq!(accel.to_string().parse::<Accel>(), Ok(accel));
-        }
-        assert!("hvf".parse::<Accel>().is_err());
     }
 }

@@ -9,7 +9,7 @@ pub fn token_hex() -> String {
 }
 
 /// A VM with every option set: initrd, read-only ext4 rootfs, a read-only container disk and a
-/// read-write extra disk, net, serial log, vhost vsock.
+/// read-write extra disk, net, vhost vsock.
 pub fn full_spec() -> VmSpec {
     let params = GuestParams {
         token: Token::from_bytes([0xab; 32]),
@@ -40,7 +40,6 @@ pub fn full_spec() -> VmSpec {
         mem_mib: 512,
         cpus: 2,
         cmdline: format!("console=ttyS0 {}", params.to_cmdline()),
-        serial_log: Some("/run/vm/vm-1/serial.log".into()),
         control_socket: "/run/vm/vm-1/control.sock".into(),
         vsock: VsockBackend::Vhost { cid: 5 },
         net: Some(NetSpec {
@@ -53,12 +52,11 @@ pub fn full_spec() -> VmSpec {
     }
 }
 
-/// Only what is required: an initrd, and no disks, net or serial log.
+/// Only what is required: an initrd, and no disks or net.
 pub fn bare_spec() -> VmSpec {
     VmSpec {
         rootfs: None,
         disks: Vec::new(),
-        serial_log: None,
         net: None,
         ..full_spec()
     }

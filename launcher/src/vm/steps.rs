@@ -196,7 +196,6 @@ pub(super) fn start_hypervisor(s: HvStart<'_>) -> Result<(Hypervisor, Option<Sto
         mem_mib: s.mem_mib,
         cpus: s.cpus,
         cmdline: s.cmdline,
-        serial_log: None,
         control_socket: s.rundir.join("control.sock"),
         vsock: s.wiring.vsock.clone(),
         net: s.tap.map(|t| NetSpec {
