@@ -2,12 +2,15 @@
 //! `--help`.
 
 use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::disk_config::DiskArg;
 use crate::hypervisor::{accel, Accel};
 use crate::log_forward::LogSink;
+use crate::pool::{self, PoolConfig};
 
 pub const USAGE: &str = "\
 usage: vm_launcher <command> [options]
@@ -62,6 +65,9 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
                          guest with ConfigureNetwork once it is ready (default none)
   --boot-timeout SECS    how long to wait for the guest to report ready (default 120)
   --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
+  --cid-range A-B        vsock CIDs the pool hands out (default 3-1026)
+  --subnet NET/N         network split into one /30 per VM (default 100.115.92.0/24)
+  --host-port-range A-B  host vsock ports for each VM's host services (default 10000-10999)
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
   --crash-keep N         crash reports kept per VM in the spool, newest first (default 10)
@@ -124,6 +130,10 @@ pub struct RunArgs {
     pub accel: Option<Accel>,
     pub mem_mib: u32,
     pub cpus: u32,
+    /// `--cid-range`, `--subnet`, `--host-port-range`: None keeps the pool's default.
+    pub cid_range: Option<RangeInclusive<u32>>,
+    pub subnet: Option<(Ipv4Addr, u8)>,
+    pub host_ports: Option<RangeInclusive<u32>>,
     pub name: Option<String>,
     pub params: Vec<String>,
     pub net: bool,
@@ -141,6 +151,26 @@ pub struct RunArgs {
     pub tty: Option<bool>,
     /// Copy the serial console to stderr.
     pub console: bool,
+}
+
+impl RunArgs {
+    /// The pool under `runtime_dir`, with the ranges the flags gave.
+    pub fn pool(&self, runtime_dir: PathBuf) -> PoolConfig {
+        let default = PoolConfig::new(runtime_dir);
+        let (subnet_base, subnet_prefix) = self
+            .subnet
+            .unwrap_or((default.subnet_base, default.subnet_prefix));
+        PoolConfig {
+            cids: self.cid_range.clone().unwrap_or(default.cids.clone()),
+            subnet_base,
+            subnet_prefix,
+            host_ports: self
+                .host_ports
+                .clone()
+                .unwrap_or(default.host_ports.clone()),
+            ..default
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +231,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         accel: None,
         mem_mib: 512,
         cpus: 1,
+        cid_range: None,
+        subnet: None,
+        host_ports: None,
         name: None,
         params: Vec::new(),
         net: false,
@@ -275,6 +308,15 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--accel" => run.accel = accel::parse_flag(&value()?).map_err(CliError)?,
             "--mem" => run.mem_mib = number(flag, &value()?)?,
             "--cpus" => run.cpus = number(flag, &value()?)?,
+            pool::FLAG_CID_RANGE => {
+                run.cid_range = Some(pool::parse_range(flag, &value()?).map_err(CliError)?)
+            }
+            pool::FLAG_SUBNET => {
+                run.subnet = Some(pool::parse_subnet(&value()?).map_err(CliError)?)
+            }
+            pool::FLAG_HOST_PORT_RANGE => {
+                run.host_ports = Some(pool::parse_range(flag, &value()?).map_err(CliError)?)
+            }
             "--name" => {
                 let name = value()?;
                 vm_proto::cmdline::validate_vm_id(&name).map_err(|_| {
@@ -328,6 +370,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         return Err(CliError("run needs an application after --".into()));
     }
     check_disks(&run)?;
+    run.pool(PathBuf::new())
+        .validate()
+        .map_err(|e| CliError(e.to_string()))?;
     if allow_app {
         Ok(Cli::Run(run))
     } else {
@@ -496,330 +541,5 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn parse_run_full() {
-        let cli = parse(&args(&[
-            "run",
-            "--kernel",
-            "k",
-            "--initrd",
-            "i",
-            "--mem",
-            "256",
-            "--cpus",
-            "2",
-            "--name",
-            "vm1",
-            "--params",
-            "quiet",
-            "--rootfs",
-            "r.img",
-            "--rootfs-rw",
-            "--",
-            "sh",
-            "-c",
-            "exit 3",
-        ]))
-        .unwrap();
-        let Cli::Run(run) = cli else {
-            panic!("{cli:?}")
-        };
-        assert_eq!(run.kernel, Some("k".into()));
-        assert_eq!((run.mem_mib, run.cpus), (256, 2));
-        assert_eq!(run.name.as_deref(), Some("vm1"));
-        assert_eq!(run.app, args(&["sh", "-c", "exit 3"]));
-        assert_eq!((run.rootfs, run.rootfs_rw), (Some("r.img".into()), true));
-    }
-
-    #[test]
-    fn parse_vm_path_and_disks_in_order() {
-        let Cli::Run(run) = parse(&args(&[
-            "run",
-            "--vm-path",
-            "/c",
-            "--disk",
-            "/a.img",
-            "--disk",
-            "/b:c.img:rw",
-            "--disk",
-            "/d.img:ro",
-            "--container",
-            "/ctr.img",
-            "--",
-            "x",
-        ]))
-        .unwrap() else {
-            panic!()
-        };
-        assert_eq!(run.vm_path, Some("/c".into()));
-        assert_eq!((run.kernel, run.initrd, run.rootfs), (None, None, None));
-        let disks: Vec<(String, bool)> = run
-            .disks
-            .iter()
-            .map(|d| (d.path.display().to_string(), d.read_only))
-            .collect();
-        let want = [("/a.img", true), ("/b:c.img", false), ("/d.img", true)];
-        let want: Vec<(String, bool)> = want.iter().map(|(p, r)| (p.to_string(), *r)).collect();
-        assert_eq!(disks, want);
-        assert_eq!(run.container, Some("/ctr.img".into()));
-    }
-
-    #[test]
-    fn parse_rootfs_without_initrd_is_enough() {
-        let Cli::Run(run) =
-            parse(&args(&["run", "--kernel", "k", "--rootfs", "r", "--", "x"])).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!((run.initrd, run.rootfs_rw), (None, false));
-    }
-
-    #[test]
-    fn parse_bad_disk_specs_are_one_clear_error_each() {
-        let eleven: Vec<&str> = (0..11).flat_map(|_| ["--disk", "d.img"]).collect();
-        let mut too_many = vec!["run", "--kernel", "k", "--initrd", "i"];
-        too_many.extend(eleven);
-        too_many.extend(["--", "x"]);
-        for (a, want) in [
-            (
-                too_many,
-                "--disk given 11 times; a VM takes at most 10 extra disks",
-            ),
-            (
-                vec!["run", "--kernel", "k", "--", "x"],
-                "give --initrd, --rootfs or --vm-path",
-            ),
-            (
-                vec!["run", "--initrd", "i", "--", "x"],
-                "--kernel is required",
-            ),
-            (
-                vec![
-                    "run", "--kernel", "k", "--initrd", "i", "--disk", ":rw", "--", "x",
-                ],
-                "--disk \":rw\": no path",
-            ),
-            (
-                vec!["run", "--kernel", "k", "--initrd", "i", "--disk"],
-                "--disk needs a value",
-            ),
-            (
-                vec![
-                    "run",
-                    "--kernel",
-                    "k",
-                    "--initrd",
-                    "i",
-                    "--rootfs-rw",
-                    "--",
-                    "x",
-                ],
-                "--rootfs-rw needs --rootfs",
-            ),
-            (
-                vec!["run", "--hypervisor", "process", "--disk", "d", "--", "x"],
-                "--disk: --hypervisor process has no disks",
-            ),
-            (
-                vec!["run", "--hypervisor", "process", "--rootfs", "r", "--", "x"],
-                "--rootfs: --hypervisor process has no disks",
-            ),
-            (
-                vec![
-                    "run",
-                    "--hypervisor",
-                    "process",
-                    "--vm-path",
-                    "d",
-                    "--",
-                    "x",
-                ],
-                "--vm-path: --hypervisor process has no disks",
-            ),
-        ] {
-            let err = parse(&args(&a)).unwrap_err().to_string();
-            assert!(err.contains(want), "{a:?}: {err}");
-        }
-        let ten: Vec<&str> = (0..10).flat_map(|_| ["--disk", "d.img"]).collect();
-        let mut max = vec!["start", "--vm-path", "c"];
-        max.extend(ten);
-        assert!(parse(&args(&max)).is_ok());
-        let process = [
-            "run",
-            "--hypervisor",
-            "process",
-            "--container",
-            "d",
-            "--",
-            "x",
-        ];
-        assert!(parse(&args(&process)).is_ok());
-    }
-
-    #[test]
-    fn parse_bad_input_is_a_clear_error() {
-        for (a, want) in [
-            (vec!["run", "--kernel", "k"], "application"),
-            (vec!["run", "--", "true"], "--kernel"),
-            (
-                vec!["run", "--kernel", "k", "--mem", "lots", "--", "x"],
-                "--mem",
-            ),
-            (
-                vec!["run", "--kernel", "k", "--name", "../x", "--", "x"],
-                "--name",
-            ),
-            (
-                vec![
-                    "run",
-                    "--kernel",
-                    "k",
-                    "--params",
-                    "maitred.token=00",
-                    "--",
-                    "x",
-                ],
-                "maitred",
-            ),
-            (vec!["run", "--hypervisor", "xen", "--", "x"], "xen"),
-            (vec!["stop"], "ids or --all"),
-            (vec!["stop", "a", "--all"], "ids or --all"),
-            (vec!["frobnicate"], "unknown command"),
-        ] {
-            let err = parse(&args(&a)).unwrap_err().to_string();
-            assert!(err.contains(want), "{a:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn parse_log_dest_every_form_and_default() {
-        let dest = |v: &str| -> Result<Option<LogSink>, CliError> {
-            match parse(&args(&["start", "--vm-path", "c", "--log-dest", v]))? {
-                Cli::Start(run) => Ok(run.log_dest),
-                other => panic!("{other:?}"),
-            }
-        };
-        assert_eq!(dest("terminal"), Ok(Some(LogSink::Terminal)));
-        assert_eq!(dest("syslog"), Ok(Some(LogSink::host_syslog())));
-        assert_eq!(
-            dest("unix:/tmp/log"),
-            Ok(Some(LogSink::Syslog("/tmp/log".into())))
-        );
-        assert_eq!(
-            dest("file:/tmp/vm.log"),
-            Ok(Some(LogSink::File("/tmp/vm.log".into())))
-        );
-        let err = dest("tcp:x").unwrap_err().to_string();
-        assert!(err.contains("--log-dest") && err.contains("tcp:x"), "{err}");
-        let Cli::Start(run) = parse(&args(&["start", "--vm-path", "c"])).unwrap() else {
-            panic!()
-        };
-        assert_eq!(run.log_dest, None);
-    }
-
-    #[test]
-    fn parse_exec_and_shell() {
-        let cli = parse(&args(&[
-            "exec", "-T", "-e", "A=b=c", "-w", "/srv", "--vm", "vm1", "--", "ls", "-l",
-        ]))
-        .unwrap();
-        let Cli::Exec(exec) = cli else {
-            panic!("{cli:?}")
-        };
-        assert_eq!(exec.id, "vm1");
-        assert_eq!(exec.tty, Some(false));
-        assert_eq!(exec.env, vec![("A".to_string(), "b=c".to_string())]);
-        assert_eq!(exec.workdir.as_deref(), Some("/srv"));
-        assert!(exec.in_vm);
-        assert_eq!(exec.argv, args(&["ls", "-l"]));
-
-        let Cli::Exec(shell) = parse(&args(&["shell", "vm1"])).unwrap() else {
-            panic!()
-        };
-        assert_eq!((shell.tty, shell.argv), (Some(true), args(&["/bin/sh"])));
-
-        for (a, want) in [
-            (vec!["exec", "vm1"], "command after --"),
-            (vec!["exec", "--", "ls"], "which VM"),
-            (
-                vec!["exec", "-e", "novalue", "vm1", "--", "ls"],
-                "NAME=VALUE",
-            ),
-            (vec!["exec", "-x", "vm1", "--", "ls"], "unknown option"),
-            (vec!["shell", "a", "b"], "unexpected argument"),
-            (vec!["shell", "-t", "a"], "unknown option"),
-        ] {
-            let err = parse(&args(&a)).unwrap_err().to_string();
-            assert!(err.contains(want), "{a:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn parse_run_tty_console_and_start_app() {
-        let Cli::Run(run) = parse(&args(&[
-            "run",
-            "--vm-path",
-            "c",
-            "-t",
-            "--console",
-            "--",
-            "sh",
-        ]))
-        .unwrap() else {
-            panic!()
-        };
-        assert_eq!((run.tty, run.console), (Some(true), true));
-        let Cli::Start(start) = parse(&args(&[
-            "start",
-            "--vm-path",
-            "c",
-            "--container",
-            "r",
-            "--",
-            "srv",
-        ]))
-        .unwrap() else {
-            panic!()
-        };
-        assert_eq!(start.app, args(&["srv"]));
-        let err = parse(&args(&["start", "--kernel", "k", "--container", "r"]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("needs an application"), "{err}");
-        let Cli::List { json, .. } = parse(&args(&["list", "--json"])).unwrap() else {
-            panic!()
-        };
-        assert!(json);
-    }
-
-    #[test]
-    fn run_usage_names_the_contracts_paths_and_limits() {
-        assert!(RUN_USAGE.contains(vm_proto::disks::VM_TOOLS_MOUNT));
-        let max = format!("up to {}", vm_proto::disks::MAX_EXTRA_DISKS);
-        assert!(RUN_USAGE.contains(&max));
-    }
-
-    #[test]
-    fn parse_help_everywhere() {
-        assert_eq!(parse(&[]).unwrap(), Cli::Help(USAGE));
-        assert_eq!(
-            parse(&args(&["run", "--help"])).unwrap(),
-            Cli::Help(RUN_USAGE)
-        );
-        assert!(matches!(
-            parse(&args(&["stop", "--help"])).unwrap(),
-            Cli::Help(_)
-        ));
-        assert!(matches!(
-            parse(&args(&["list", "-h"])).unwrap(),
-            Cli::Help(_)
-        ));
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

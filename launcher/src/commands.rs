@@ -90,7 +90,8 @@ fn options(
     console_to_stdout: bool,
     signals: &Receiver<i32>,
 ) -> Result<VmOptions, String> {
-    let runtime = runtime_dir(args.runtime_dir);
+    let runtime = runtime_dir(args.runtime_dir.clone());
+    let pool = args.pool(runtime.clone());
     let backend = match args.hypervisor {
         HypervisorName::Qemu => {
             Backend::Qemu(Qemu::new(choose_accel(args.accel, files.kernel.as_deref())))
@@ -117,7 +118,7 @@ fn options(
         params: args.params,
         net: args.net,
         backend,
-        pool: PoolConfig::new(&runtime),
+        pool,
         boot_timeout: args.boot_timeout,
         crash: CrashConfig {
             spool: args.crash_spool.unwrap_or_else(|| runtime.join("crash")),

@@ -30,106 +30,24 @@ use std::path::{Path, PathBuf};
 use vm_proto::cmdline::{validate_vm_id, CmdlineError};
 
 mod addr;
+mod config;
 pub mod pid;
 pub mod private;
 mod sys;
 
 pub use addr::{Ipv4Subnet, MacAddr};
+pub use config::{
+    default_runtime_dir, parse_range, parse_subnet, PoolConfig, DEFAULT_RUNTIME_DIR,
+    FLAG_CID_RANGE, FLAG_HOST_PORT_RANGE, FLAG_RUNTIME_DIR, FLAG_SUBNET, RUNTIME_DIR_ENV,
+};
 pub use pid::ProcessId;
 pub use private::PrivateDirError;
 use sys::try_flock;
 
-pub const DEFAULT_RUNTIME_DIR: &str = "/run/vm_launcher";
-/// Overrides [`DEFAULT_RUNTIME_DIR`] (a `--runtime-dir` flag overrides both).
-pub const RUNTIME_DIR_ENV: &str = "VM_LAUNCHER_RUNTIME_DIR";
-pub const FLAG_RUNTIME_DIR: &str = "--runtime-dir";
-pub const FLAG_CID_RANGE: &str = "--cid-range";
-pub const FLAG_SUBNET: &str = "--subnet";
-pub const FLAG_HOST_PORT_RANGE: &str = "--host-port-range";
 pub const FLAG_NAME: &str = "--name";
 /// How often a lock found held by a momentary prober (`list`, another allocator checking a
 /// stale file) is retried before a name is reported as in use.
 const BUSY_RETRIES: u32 = 5;
-
-/// Where the pool lives and what it hands out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolConfig {
-    pub runtime_dir: PathBuf,
-    /// vsock CIDs; never 0–2 (hypervisor, local, host) nor u32::MAX (any).
-    pub cids: RangeInclusive<u32>,
-    /// Split into /30s: gateway (host) = .4n+1, guest = .4n+2.
-    pub subnet_base: Ipv4Addr,
-    pub subnet_prefix: u8,
-    /// Host vsock ports for each VM's host services.
-    pub host_ports: RangeInclusive<u32>,
-}
-
-/// `$VM_LAUNCHER_RUNTIME_DIR` if set and not empty, else `/run/vm_launcher`.
-pub fn default_runtime_dir() -> PathBuf {
-    std::env::var_os(RUNTIME_DIR_ENV)
-        .filter(|dir| !dir.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR), PathBuf::from)
-}
-
-impl PoolConfig {
-    /// The default pools under `runtime_dir`: CIDs 3..=1026, 100.115.92.0/24 (64 × /30),
-    /// host ports 10000..=10999.
-    pub fn new(runtime_dir: impl Into<PathBuf>) -> PoolConfig {
-        PoolConfig {
-            runtime_dir: runtime_dir.into(),
-            cids: 3..=1026,
-            subnet_base: Ipv4Addr::new(100, 115, 92, 0),
-            subnet_prefix: 24,
-            host_ports: 10000..=10999,
-        }
-    }
-
-    /// How many /30 subnets the base network holds.
-    pub fn subnet_count(&self) -> u32 {
-        1u32 << (30 - u32::from(self.subnet_prefix.min(30)))
-    }
-
-    fn validate(&self) -> Result<(), PoolError> {
-        let bad = |what, value: String, why, flag| {
-            Err(PoolError::BadConfig {
-                what,
-                value,
-                why,
-                flag,
-            })
-        };
-        let (c0, c1) = (*self.cids.start(), *self.cids.end());
-        if c0 < 3 || c1 == u32::MAX || c0 > c1 {
-            let why = "must be a non-empty range within 3..=4294967294 (0-2 are reserved)";
-            return bad("cid range", format!("{c0}..={c1}"), why, FLAG_CID_RANGE);
-        }
-        let base = u32::from(self.subnet_base);
-        let host_bits = 32 - u32::from(self.subnet_prefix.min(32));
-        let aligned = host_bits == 32 || base & ((1u32 << host_bits) - 1) == 0;
-        if !(8..=30).contains(&self.subnet_prefix) || !aligned {
-            let why = "must be a network address with a prefix length from /8 to /30";
-            let value = format!("{}/{}", self.subnet_base, self.subnet_prefix);
-            return bad("subnet", value, why, FLAG_SUBNET);
-        }
-        let (p0, p1) = (*self.host_ports.start(), *self.host_ports.end());
-        if p0 == 0 || p1 == u32::MAX || p0 > p1 {
-            let why = "must be a non-empty range within 1..=4294967294";
-            return bad(
-                "host port range",
-                format!("{p0}..={p1}"),
-                why,
-                FLAG_HOST_PORT_RANGE,
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Default for PoolConfig {
-    fn default() -> PoolConfig {
-        PoolConfig::new(default_runtime_dir())
-    }
-}
 
 #[derive(Debug)]
 pub enum PoolError {
@@ -206,7 +124,7 @@ impl std::error::Error for PoolError {
 }
 
 fn range_label(range: &RangeInclusive<u32>) -> String {
-    format!("{}..={}", range.start(), range.end())
+    config::range_text(range)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PoolError + 'a {
