@@ -7,6 +7,7 @@ use crossbeam_channel::Sender;
 
 use crate::host::HostLink;
 use crate::reaper::Reaper;
+use crate::spawn::Mode;
 
 /// Why maitred should shut the VM down.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// What `pid1` means for every child maitred starts (its console, its death signal).
+    pub fn mode(&self) -> Mode {
+        Mode::of(self.pid1)
+    }
+
     pub fn request_shutdown(&self, why: Shutdown) {
         let _ = self.shutdown.send(why);
     }

@@ -218,6 +218,7 @@ fn start_process(ctx: &Context, req: &ExecRequest) -> Result<Process, StartError
         exec_io::pipes()
     }
     .map_err(StartError::Spawn)?;
-    let (pid, exit) = spawn::spawn_with(&ctx.reaper, &spec, stdio).map_err(StartError::Spawn)?;
+    let (pid, exit) =
+        spawn::spawn_with(ctx.mode(), &ctx.reaper, &spec, stdio).map_err(StartError::Spawn)?;
     Ok(Process { pid, exit, fds })
 }

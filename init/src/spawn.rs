@@ -160,17 +160,46 @@ pub struct ChildStdio {
     pub stderr: OwnedFd,
 }
 
-/// Host mode. There is no console of our own: "console" means maitred's own stdout and
-/// stderr, so a launcher running host-mode maitred sees the application's output. And
-/// children die with maitred (PR_SET_PDEATHSIG; it follows the forking thread, and ours live
-/// as long as the process except a waiting LaunchProcess's, whose child is gone by then).
-static CONSOLE_IS_STDIO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn use_stdio_as_console() {
-    CONSOLE_IS_STDIO.store(true, std::sync::atomic::Ordering::SeqCst);
+/// What maitred is (`Context::mode`), which decides two things about every child it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The VM's init: [`Stdio::Console`] is /dev/console, and PID 1 never exits, so children
+    /// need no death signal.
+    Pid1,
+    /// Host mode (tests, demos). There is no console of our own: "console" means maitred's
+    /// own stdout and stderr, so a launcher running host-mode maitred sees the application's
+    /// output. And children die with maitred (PR_SET_PDEATHSIG; it follows the forking
+    /// thread, and ours live as long as the process except a waiting LaunchProcess's, whose
+    /// child is gone by then).
+    Host,
 }
 
-fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnError> {
+impl Mode {
+    pub fn of(pid1: bool) -> Mode {
+        if pid1 {
+            Mode::Pid1
+        } else {
+            Mode::Host
+        }
+    }
+
+    /// Whether a child gets SIGKILL when maitred's forking thread ends.
+    pub fn children_die_with_maitred(self) -> bool {
+        self == Mode::Host
+    }
+}
+
+/// Transitional, for callers that do not pass a [`Mode`] yet ([`spawn`]): set once by
+/// host-mode maitred at start-up. Remove with [`use_stdio_as_console`] once every caller
+/// uses [`spawn_in`].
+static LEGACY_HOST_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Transitional: makes [`spawn`] (without a mode) act as [`Mode::Host`].
+pub fn use_stdio_as_console() {
+    LEGACY_HOST_MODE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn open_stdio(mode: Mode, stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnError> {
     let open = |path: &str, what: &'static str| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -201,7 +230,7 @@ fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnE
         })
     };
     match stdio {
-        Stdio::Console if CONSOLE_IS_STDIO.load(std::sync::atomic::Ordering::SeqCst) => {
+        Stdio::Console if mode == Mode::Host => {
             use std::os::fd::AsFd;
             Ok((
                 ChildStdio {
@@ -244,16 +273,24 @@ fn open_stdio(stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnE
     }
 }
 
-/// Starts `spec` and registers it with `reaper` before it can be reaped.
-pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
-    let (stdio, output) = open_stdio(spec.stdio)?;
-    let (pid, exit) = spawn_with(reaper, spec, stdio)?;
+/// Starts `spec` as `mode` says and registers it with `reaper` before it can be reaped.
+pub fn spawn_in(mode: Mode, reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
+    let (stdio, output) = open_stdio(mode, spec.stdio)?;
+    let (pid, exit) = spawn_with(mode, reaper, spec, stdio)?;
     Ok(Spawned { pid, exit, output })
+}
+
+/// Transitional: [`spawn_in`] with the mode [`use_stdio_as_console`] set. Callers move to
+/// `spawn_in(ctx.mode(), …)`.
+pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
+    let host = LEGACY_HOST_MODE.load(std::sync::atomic::Ordering::SeqCst);
+    spawn_in(Mode::of(!host), reaper, spec)
 }
 
 /// Starts `spec` with `stdio` as its fds 0-2 (`spec.stdio` is not used); returns its pid
 /// and where its exit status will arrive.
 pub fn spawn_with(
+    mode: Mode,
     reaper: &Reaper,
     spec: &ProcessSpec,
     stdio: ChildStdio,
@@ -266,8 +303,8 @@ pub fn spawn_with(
         })?;
 
     let registration = reaper.registration();
-    let host_mode = CONSOLE_IS_STDIO.load(std::sync::atomic::Ordering::SeqCst);
-    let pid = sys::fork_exec(&prepared, &stdio, &err_w, host_mode).map_err(|errno| {
+    let die_with_parent = mode.children_die_with_maitred();
+    let pid = sys::fork_exec(&prepared, &stdio, &err_w, die_with_parent).map_err(|errno| {
         SpawnError::Setup {
             what: "fork",
             errno,
@@ -339,5 +376,97 @@ mod tests {
         let mut bad_env = spec(&["sh"]);
         bad_env.env.push(("A=B".into(), "c".into()));
         assert!(matches!(prepare(&bad_env), Err(SpawnError::Nul(_))));
+    }
+
+    fn same_file(a: &OwnedFd, b: std::os::fd::BorrowedFd<'_>) -> bool {
+        let (a, b) = (
+            nix::sys::stat::fstat(a).unwrap(),
+            nix::sys::stat::fstat(b).unwrap(),
+        );
+        (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    }
+
+    #[test]
+    fn mode_of_pid1_and_host() {
+        assert_eq!(Mode::of(true), Mode::Pid1);
+        assert_eq!(Mode::of(false), Mode::Host);
+        assert!(Mode::Host.children_die_with_maitred());
+        assert!(!Mode::Pid1.children_die_with_maitred());
+    }
+
+    #[test]
+    fn open_stdio_host_console_is_maitreds_own_stdout_and_stderr() {
+        use std::os::fd::AsFd;
+        let (child, output) = open_stdio(Mode::Host, Stdio::Console).unwrap();
+        assert!(output.is_none());
+        assert!(same_file(&child.stdout, std::io::stdout().as_fd()));
+        assert!(same_file(&child.stderr, std::io::stderr().as_fd()));
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(same_file(&child.stdin, null.as_fd()));
+    }
+
+    #[test]
+    fn open_stdio_null_and_capture_do_not_depend_on_the_mode() {
+        use std::os::fd::AsFd;
+        let null = std::fs::File::open("/dev/null").unwrap();
+        for mode in [Mode::Pid1, Mode::Host] {
+            let (child, output) = open_stdio(mode, Stdio::Null).unwrap();
+            assert!(output.is_none());
+            for fd in [&child.stdin, &child.stdout, &child.stderr] {
+                assert!(same_file(fd, null.as_fd()), "{mode:?}");
+            }
+            let (child, output) = open_stdio(mode, Stdio::Capture).unwrap();
+            assert!(same_file(&child.stdin, null.as_fd()), "{mode:?}");
+            assert!(output.is_some(), "{mode:?}");
+        }
+    }
+
+    /// PR_SET_PDEATHSIG follows the forking thread: a Host-mode child dies with the thread
+    /// that started it, a Pid1-mode child does not. Waited for by pid (not through a Reaper,
+    /// whose waitpid(-1) would take other tests' children).
+    #[test]
+    fn host_mode_children_die_with_their_forking_thread_pid1_ones_do_not() {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        use nix::unistd::Pid;
+        for mode in [Mode::Host, Mode::Pid1] {
+            let pid = std::thread::spawn(move || {
+                let prepared = prepare(&spec(&["sleep", "30"])).unwrap();
+                let (stdio, _) = open_stdio(mode, Stdio::Null).unwrap();
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+                let die = mode.children_die_with_maitred();
+                let pid = sys::fork_exec(&prepared, &stdio, &w, die).unwrap();
+                // As spawn_with does: the thread outlives the child's prctl (done by exec).
+                drop(w);
+                assert_eq!(read_full(&mut File::from(r), &mut [0u8; 4]).unwrap(), 0);
+                pid
+            })
+            .join()
+            .unwrap();
+            let pid = Pid::from_raw(pid);
+            // Host: the signal comes at once (5 s is slack); Pid1: none may come in 0.5 s.
+            let wait = match mode {
+                Mode::Host => std::time::Duration::from_secs(5),
+                Mode::Pid1 => std::time::Duration::from_millis(500),
+            };
+            let deadline = std::time::Instant::now() + wait;
+            let status = loop {
+                let status = waitpid(pid, Some(WaitPidFlag::WNOHANG)).unwrap();
+                if status != WaitStatus::StillAlive || std::time::Instant::now() > deadline {
+                    break status;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            match mode {
+                Mode::Host => assert_eq!(
+                    status,
+                    WaitStatus::Signaled(pid, nix::sys::signal::Signal::SIGKILL, false)
+                ),
+                Mode::Pid1 => {
+                    assert_eq!(status, WaitStatus::StillAlive);
+                    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+                    waitpid(pid, None).unwrap();
+                }
+            }
+        }
     }
 }
