@@ -9,9 +9,10 @@
 //! that line (0.8-0.9 s under TCG here; a fraction of that under a working KVM). A kernel that
 //! has not got there within [`PROBE_TIMEOUT`] means TCG.
 //!
-//! A broken KVM costs the whole timeout, so a decision is cached for the boot
-//! (`$XDG_CACHE_HOME/vm_launcher/accel`, keyed by boot id, QEMU program and machine, the
-//! kernel's path, size and mtime, and what the device check saw). A fresh decision prints one
+//! A hung KVM costs the whole timeout, so a decision is cached for the boot
+//! (`$XDG_CACHE_HOME/vm_launcher/accel`, keyed by boot id, QEMU program and machine, and what
+//! the device check saw; not by kernel: whether KVM runs guests is the host's property, the
+//! first VM's kernel only serves to ask). A fresh decision prints one
 //! line on stderr saying which and why; a cached one is silent, so `run`'s stderr stays the
 //! application's.
 
@@ -19,7 +20,6 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -249,8 +249,8 @@ impl Probe {
         }
     }
 
-    /// KVM or TCG, from the cache when this boot already decided for the same QEMU, kernel
-    /// and device state; otherwise decided now (concurrent launchers wait for one probe).
+    /// KVM or TCG, from the cache when this boot already decided for the same QEMU and
+    /// device state; otherwise decided now (concurrent launchers wait for one probe).
     pub fn choose(&self) -> Choice {
         let checked = check_device(&self.device);
         let key = self.key(&checked);
@@ -290,15 +290,11 @@ impl Probe {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let kernel = std::fs::metadata(&self.kernel)
-            .map(|m| format!("{} {}.{}", m.len(), m.mtime(), m.mtime_nsec()))
-            .unwrap_or_default();
         let device = checked.as_ref().err().map_or("ok", String::as_str);
         format!(
-            "boot={boot_id} qemu={:?} machine={} kernel={:?} {kernel} device={:?} {device:?} timeout={}",
+            "boot={boot_id} qemu={:?} machine={} device={:?} {device:?} timeout={}",
             self.program,
             self.machine,
-            self.kernel,
             self.device,
             self.timeout.as_millis()
         )
@@ -448,10 +444,13 @@ mod tests {
                 ..first.clone()
             }
         );
-        // Another kernel (size, mtime) is another decision.
-        std::fs::write(&kernel, "another kernel, longer").unwrap();
-        assert!(probe.choose().fresh);
-        // So is another device state.
+        // Not another kernel: KVM works or not for the host.
+        let other_kernel = Probe {
+            kernel: dir.path().join("other"),
+            ..probe.clone()
+        };
+        assert!(!other_kernel.choose().fresh);
+        // Another device state is another decision.
         std::fs::write(dir.path().join("no-kvm"), "").unwrap();
         let other = probe.choose();
         assert!(other.fresh && other.why.contains("is not KVM"), "{other:?}");

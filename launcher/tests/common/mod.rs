@@ -59,8 +59,20 @@ pub fn artifacts() -> &'static (PathBuf, PathBuf) {
         let initrd = std::env::var_os("VM_TOOLS_INITRD")
             .map(PathBuf::from)
             .unwrap_or_else(|| script_output("build-image"));
+        warm_accel_cache(&kernel);
         (kernel, initrd)
     })
+}
+
+/// Decides `--accel auto` for `kernel` once, as every vm_launcher of this run would (same
+/// cache), so its one line on stderr does not land in a test that asserts an application's
+/// exact stderr. The line itself is tested on a cache of its own (e2e_qemu).
+fn warm_accel_cache(kernel: &Path) {
+    use vm_launcher::hypervisor::{accel::Probe, Accel, Qemu};
+    let choice = Probe::new(&Qemu::new(Accel::Kvm), kernel).choose();
+    if choice.fresh {
+        eprintln!("{}", choice.line());
+    }
 }
 
 /// A component directory (`vm_kernel`, `vm_rootfs.img`: the Chromium OS layout), built once
