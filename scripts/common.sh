@@ -41,15 +41,20 @@ need_build_deps() {
     apt_need cmake g++ make pkg-config
 }
 
-# The guest programs: static binaries (glibc's static-pie links grpcio's C-core fine), in a
-# target dir of their own because RUSTFLAGS differ from the host build's.
+# The guest programs: maitred, vm_syslog and crash_collector as ONE static multi-call binary,
+# vm_tools_guest (guest/), so the gRPC C-core is in the image once, not three times. Static
+# (glibc's static-pie links grpcio's C-core fine), in a target dir of its own because
+# RUSTFLAGS differ from the host build's. The final link only (cargo rustc) packs the
+# relative relocations (-z pack-relative-relocs, glibc >= 2.36): a static-pie keeps ASLR and
+# drops ~370 KB of .rela.dyn, without recompiling the C-core.
 GUEST_TARGET=x86_64-unknown-linux-gnu
 GUEST_TARGET_DIR="$VM_TOOLS_CACHE/target-guest"
 build_guest_programs() {
     need_build_deps
-    log "building the guest programs (static)"
+    log "building the guest programs (one static multi-call binary)"
     CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --release --target "$GUEST_TARGET" -p maitred -p vm_syslog -p crash_collector >&2
+        cargo rustc --release --target "$GUEST_TARGET" -p vm_tools_guest --bin vm_tools_guest \
+        -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
     echo "$GUEST_TARGET_DIR/$GUEST_TARGET/release"
 }
 

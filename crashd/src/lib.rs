@@ -19,6 +19,8 @@
 //! - `args`: the command line; `send` (feature `grpc`): the RPC to the host; `deliver`
 //!   (feature `grpc`): spool first, then the new report; `log`: one line per event; `sys`:
 //!   syscalls.
+//! - `program` (feature `grpc`): the whole program, [`run_main`], which the standalone
+//!   binary and the guest's multi-call binary both call.
 //!
 //! Without the `grpc` feature the crate builds without the gRPC C-core (the fuzz target).
 
@@ -37,6 +39,8 @@ pub mod notes;
 pub mod plan;
 pub mod proc_info;
 pub mod proc_mem;
+#[cfg(feature = "grpc")]
+pub mod program;
 pub mod report;
 #[cfg(feature = "grpc")]
 pub mod send;
@@ -45,4 +49,6 @@ pub mod sys;
 
 pub use collect::{capture, convert, CrashArgs, Options};
 pub use proc_info::{ProcSnapshot, ProcSource};
+#[cfg(feature = "grpc")]
+pub use program::run_main;
 pub use report::CrashReportData;

@@ -9,6 +9,9 @@
 //!   threads), `grpc_collector` (the host calls) and `daemon` (the wiring).
 //!
 //! Without the `daemon` feature only the pure parts build (no gRPC): the fuzz targets.
+//!
+//! [`run_main`] is the whole program: `main.rs` (the standalone `vm_syslog`) and the guest's
+//! multi-call binary (`vm_tools_guest`, as /sbin/vm_syslog) both call it.
 
 /// One line on stderr, never a panic: `eprintln!` panics when stderr is closed, and a
 /// reader thread that panicked would leave /dev/log undrained.
@@ -38,3 +41,31 @@ pub mod devlog;
 pub mod grpc_collector;
 #[cfg(feature = "daemon")]
 pub mod kmsg_reader;
+
+/// vm_syslog's `main`, given its arguments after argv[0].
+///
+/// Exit status: 0 after SIGTERM or SIGINT (everything flushed) or `--help`, 1 on a runtime
+/// error, 2 on a usage error.
+#[cfg(feature = "daemon")]
+pub fn run_main(args: &[String]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+
+    let config = match config::parse_args(args) {
+        Ok(config::Command::Help) => {
+            println!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(config::Command::Run(config)) => config,
+        Err(e) => {
+            warn!("vm_syslog: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            warn!("vm_syslog: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! maitred: the guest's PID 1 and its authenticated `Maitred` gRPC service.
+//!
+//! - `config`: the command line (host-mode flags for tests).
+//! - `pid1`: init-only setup: stdio, `mounts`, limits, console, lo, core_pattern.
+//! - `reaper`: the single waiter that owns every exit status.
+//! - `spawn`: fork/exec with exec errors reported back; `services`: boot services, respawn.
+//! - `launch`, `network`, `guest_ops`: the work behind each RPC; `rpc`: the gRPC service.
+//! - `disks`: disks by identity (`disk:<ID>` → /dev/<name> by virtio-blk serial), and the
+//!   `vm_tools` disk mounted at boot.
+//! - `host`: calls to the host (VmReady, ApplicationExited); `shutdown`: the orderly end.
+//! - `container`: LaunchProcess in a container (mount, checks); `container_init`: the
+//!   re-executed `maitred --container-init` that builds the namespaces and reaps inside;
+//!   `container_enter`: `maitred --container-enter`, which runs `exec` inside it.
+//! - `exec_server`, `exec_session`, `exec_io`: process I/O streams (stdin, stdout, stderr,
+//!   terminal, signals, exit) on the exec port.
+//! - `sys`: the raw system calls, each with its safety argument.
+//!
+//! [`run_main`] is the whole program: `main.rs` (the standalone `maitred`, which the host
+//! tests run) and the guest's multi-call binary (`vm_tools_guest`, as /init) both call it.
+
+mod config;
+mod container;
+mod container_enter;
+mod container_init;
+mod context;
+mod disks;
+mod exec_io;
+mod exec_server;
+mod exec_session;
+mod guest_ops;
+mod host;
+mod launch;
+mod log;
+mod mounts;
+mod network;
+mod pid1;
+mod reaper;
+mod rpc;
+mod services;
+mod shutdown;
+mod spawn;
+mod sys;
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+use vm_proto::protos::guest_grpc::create_maitred;
+use vm_proto::server::PeerFilter;
+use vm_proto::{Connector, GrpcServer, GuestParams, Listener, Peer, HOST_CID};
+
+use crate::config::{Config, ConfigError, USAGE};
+use crate::context::{Context, Shutdown};
+use crate::shutdown::fatal;
+
+/// maitred's `main`, given its arguments after argv[0]. As PID 1, and whenever it serves,
+/// it never returns (shutdown ends the process); it returns only for `--help` (0) and a
+/// usage error (2). `--container-init` and `--container-enter` (the re-executions of
+/// itself that `container` and `container_enter` make) never return either.
+pub fn run_main(args: &[String]) -> ExitCode {
+    let pid1 = std::process::id() == 1;
+    if !pid1 && args.first().map(String::as_str) == Some(container_init::FLAG) {
+        container_init::main(&args[1..]);
+    }
+    if !pid1 && args.first().map(String::as_str) == Some(container_enter::FLAG) {
+        container_enter::main(&args[1..]);
+    }
+    match Config::from_args(pid1, args) {
+        Ok(config) => run(config),
+        Err(ConfigError::Help) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("maitred: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The first argument of maitred's re-executions of itself (`container`, `container_enter`).
+/// They run `std::env::current_exe()` (or /proc/self/exe), whose name may be any link to
+/// the binary: a multi-call binary sends these to maitred whatever argv[0] says.
+pub const REEXEC_FLAGS: [&str; 2] = [container_init::FLAG, container_enter::FLAG];
+
+/// The signals maitred handles, blocked in every thread and taken with sigwait.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+fn run(config: Config) -> ! {
+    let pid1 = config.pid1;
+    if pid1 {
+        // PID 1 must not die: a panic anywhere is a bug, reported once, then power-off.
+        std::panic::set_hook(Box::new(|info| {
+            error!("fatal: {info}");
+            shutdown::power_off();
+        }));
+        if let Err(e) = pid1::early_setup() {
+            fatal(true, &e);
+        }
+    } else {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            fatal(
+                false,
+                &format!("cannot become a child subreaper: {}", e.desc()),
+            );
+        }
+        spawn::use_stdio_as_console();
+    }
+    // Before any thread exists, so every thread inherits the mask.
+    let signals = handled_signals();
+    if let Err(e) = signals.thread_block() {
+        fatal(pid1, &format!("cannot block signals: {}", e.desc()));
+    }
+
+    let params = GuestParams::from_proc_cmdline(&config.cmdline)
+        .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    if pid1 {
+        pid1::set_hostname(&params.vm_id);
+    }
+
+    let env = vm_proto::grpc_environment("maitred");
+    let host_addr = config.host.clone().unwrap_or_else(|| params.host_address());
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded();
+    let ctx = Arc::new(Context {
+        reaper: reaper::Reaper::new(),
+        host: host::HostLink::new(Connector::new(env.clone(), host_addr, params.token.clone())),
+        pid1,
+        vm_id: params.vm_id.clone(),
+        stopping: AtomicBool::new(false),
+        shutdown: shutdown_tx,
+        app_container: std::sync::Mutex::new(None),
+    });
+
+    let signal_ctx = ctx.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signal_loop(&signal_ctx, signals))
+    {
+        fatal(pid1, &format!("cannot start the signal thread: {e}"));
+    }
+
+    services::start_all(&ctx, &config.services);
+
+    let listener = Listener::bind(&config.listen).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    // Over vsock only the host may call; a Unix socket is guarded by its file permissions.
+    let host_only: PeerFilter = Arc::new(|peer| match peer {
+        Peer::Vsock { cid, .. } => *cid == HOST_CID,
+        Peer::Unix { .. } => true,
+    });
+    let exec_listener =
+        Listener::bind(&config.exec_listen()).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    if let Err(e) = exec_server::start(
+        ctx.clone(),
+        exec_listener,
+        params.token.clone(),
+        host_only.clone(),
+    ) {
+        fatal(
+            pid1,
+            &format!("cannot start the process stream service: {e}"),
+        );
+    }
+    let server = GrpcServer::start(
+        env,
+        vec![create_maitred(rpc::MaitredService::new(ctx.clone()))],
+        params.token.clone(),
+        vec![listener],
+        host_only,
+    )
+    .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    info!(
+        "serving Maitred on {} for VM {}",
+        config.listen, params.vm_id
+    );
+
+    let ready_ctx = ctx.clone();
+    let _ = std::thread::Builder::new()
+        .name("vm-ready".into())
+        .spawn(move || match ready_ctx.host.vm_ready() {
+            Ok(()) => info!(
+                "told the host at {} that the VM is ready",
+                ready_ctx.host.address()
+            ),
+            Err(e) => error!("VmReady failed: {e}"),
+        });
+
+    let why = shutdown_rx.recv().unwrap_or(Shutdown::Requested);
+    shutdown::shutdown(&ctx, &why);
+    server.shutdown();
+    info!("exiting ({why:?})");
+    std::process::exit(0);
+}
+
+fn signal_loop(ctx: &Context, signals: SigSet) {
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => ctx.reaper.reap(),
+            Ok(Signal::SIGHUP) => {}
+            Ok(signal) => ctx.request_shutdown(Shutdown::Signal(signal as i32)),
+            Err(_) => {}
+        }
+    }
+}
