@@ -98,7 +98,8 @@ impl Env {
             .arg(&self.kernel)
             .arg("--initrd")
             .arg(&self.kernel)
-            .args(["--log-dest", "none"])
+            // The fake QEMU is no hypervisor: no `--accel auto` probe of it.
+            .args(["--log-dest", "none", "--accel", "tcg"])
             .args(args)
             .args(["--", "true"]);
         finish(command.spawn().unwrap(), RUN_LIMIT)
@@ -388,6 +389,7 @@ fn stuck_launcher(env: &Env, extra: &[&str]) -> Child {
         .arg("--initrd")
         .arg(&env.kernel)
         .args(["--log-dest", "none", "--boot-timeout", "120"])
+        .args(["--accel", "tcg"]) // no `--accel auto` probe of the fake QEMU
         .arg("--vhost-device-vsock")
         .arg(&helper)
         .args(extra)

@@ -73,6 +73,8 @@ impl Env {
             .arg("--runtime-dir")
             .arg(self.path("run"))
             .args(["--log-dest", "none", "--boot-timeout", "5"])
+            // The fake QEMU is no hypervisor: no `--accel auto` probe of it.
+            .args(["--accel", "tcg"])
             .args(args)
             .stdin(Stdio::null())
             .output()

@@ -40,6 +40,36 @@ fn run_prints_output_and_exits_with_the_application_code() {
     assert!(processes_mentioning(runtime.path().to_str().unwrap()).is_empty());
 }
 
+/// `--cpus 2` gives the guest two CPUs it can use (the kernel has SMP), under `--accel
+/// auto` decided afresh (a cache of its own): one line on stderr says which accelerator and
+/// why, stdout is the application's alone, and the decision is kept for the next VM.
+#[test]
+fn cpus_2_gives_the_guest_two_cpus_and_auto_accel_says_why_once() {
+    let runtime = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = vm_cmd(runtime.path(), "run", &["--cpus", "2", "--", "nproc"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2\n",
+        "{}",
+        show(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", show(&out));
+    assert!(
+        lines[0].starts_with("vm_launcher: --accel auto: kvm: a probe guest booted")
+            || lines[0].starts_with("vm_launcher: --accel auto: tcg: "),
+        "{}",
+        lines[0]
+    );
+    assert!(cache.path().join("vm_launcher/accel").is_file());
+}
+
 #[test]
 fn boot_is_listed_and_wrong_token_runs_nothing() {
     let vm = StartedVm::start("e2e-auth");
