@@ -25,6 +25,9 @@ use crate::exec_io::SessionFds;
 use crate::reaper::Exit;
 use crate::{sys, warn};
 
+/// How long maitred waits, after EXIT, for the host to close the stream.
+const EXIT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// After the process exits, at most this much more output is forwarded (a daemon it left
 /// behind may keep writing to the same pipe).
 const DRAIN_LIMIT: usize = 4 << 20;
@@ -144,6 +147,8 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
         let (sink, stop, held) = (sink.clone(), stop.clone(), held.clone());
         std::thread::spawn(move || write_stdin(stdin, &stdin_rx, &sink, &stop, &held, tty))
     };
+    // Closed (dropped) when the reader ends: the host has closed its end.
+    let (host_gone_tx, host_gone) = bounded::<()>(0);
     match (reader_conn, started) {
         (Ok(conn), Ok(())) => {
             let finished = finished.clone();
@@ -156,9 +161,15 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
                 direct,
                 unreported: 0,
             };
-            std::thread::spawn(move || read_host(conn, host, &sink, &finished));
+            std::thread::spawn(move || {
+                read_host(conn, host, &sink, &finished);
+                drop(host_gone_tx);
+            });
         }
-        _ => hang_up(pid), // the host is already gone
+        _ => {
+            hang_up(pid); // the host is already gone
+            drop(host_gone_tx);
+        }
     }
 
     let exit = exit.recv().ok();
@@ -171,6 +182,14 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
     if let Some(exit) = exit {
         let _ = sink.send(Kind::Exit, &stream::encode_exit(&exit_status(exit)));
     }
+    {
+        let conn = sink.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    }
+    // Wait until the host has read EXIT and closed its end: the output before it may still
+    // be on its way (a host reader that pauses), and an application's end powers the VM off,
+    // which would lose what is in flight. A host that never closes is given up on.
+    let _ = host_gone.recv_timeout(EXIT_ACK_TIMEOUT);
     let conn = sink.conn.lock().unwrap_or_else(|p| p.into_inner());
     let _ = conn.shutdown(std::net::Shutdown::Both);
     exit

@@ -138,6 +138,24 @@ fn run_pauses_the_writer_while_the_reader_pauses_and_loses_nothing() {
     assert!(first.iter().chain(rest.iter()).all(|b| *b == 0));
 }
 
+/// The application ends while our reader is paused and its last output is still on the
+/// way: the VM stops only after EXIT (and everything before it) has been read here.
+#[test]
+fn run_loses_nothing_when_the_application_ends_before_the_reader_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let total: usize = 192 << 10;
+    let mut child = run_cmd(dir.path(), &["head", "-c", &total.to_string(), "/dev/zero"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(out.stdout.len(), total);
+}
+
 #[test]
 fn run_forwards_sigterm_to_the_application() {
     let dir = tempfile::tempdir().unwrap();
