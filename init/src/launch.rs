@@ -147,7 +147,7 @@ pub fn launch(
             Err(e) => failed(&e),
         });
     }
-    let spawned = match spawn::spawn(&ctx.reaper, &spec) {
+    let spawned = match spawn::spawn_in(ctx.mode(), &ctx.reaper, &spec) {
         Ok(s) => s,
         Err(e) => return Ok(failed(&e)),
     };

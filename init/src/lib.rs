@@ -117,7 +117,6 @@ fn run(config: Config) -> ! {
                 &format!("cannot become a child subreaper: {}", e.desc()),
             );
         }
-        spawn::use_stdio_as_console();
     }
     // Before any thread exists, so every thread inherits the mask.
     let signals = handled_signals();

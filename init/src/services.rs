@@ -181,7 +181,7 @@ pub fn start(
 ) -> Result<i32, SpawnError> {
     let mut window = RespawnWindow::default();
     window.allow(Instant::now());
-    let first = spawn::spawn(&ctx.reaper, &spec)?;
+    let first = spawn::spawn_in(ctx.mode(), &ctx.reaper, &spec)?;
     let pid = first.pid;
     let (ctx, name) = (ctx.clone(), name.to_string());
     let thread_name = format!("svc-{name}");
@@ -206,7 +206,7 @@ pub fn start(
                     return;
                 }
                 warn!("service {name} ended ({exit:?}); restarting");
-                match spawn::spawn(&ctx.reaper, &spec) {
+                match spawn::spawn_in(ctx.mode(), &ctx.reaper, &spec) {
                     Ok(next) => exit_rx = next.exit,
                     Err(e) => {
                         error!("service {name}: {e}; not restarting it");

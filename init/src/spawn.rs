@@ -189,16 +189,6 @@ impl Mode {
     }
 }
 
-/// Transitional, for callers that do not pass a [`Mode`] yet ([`spawn`]): set once by
-/// host-mode maitred at start-up. Remove with [`use_stdio_as_console`] once every caller
-/// uses [`spawn_in`].
-static LEGACY_HOST_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Transitional: makes [`spawn`] (without a mode) act as [`Mode::Host`].
-pub fn use_stdio_as_console() {
-    LEGACY_HOST_MODE.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 fn open_stdio(mode: Mode, stdio: Stdio) -> Result<(ChildStdio, Option<(File, File)>), SpawnError> {
     let open = |path: &str, what: &'static str| {
         std::fs::OpenOptions::new()
@@ -278,13 +268,6 @@ pub fn spawn_in(mode: Mode, reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawn
     let (stdio, output) = open_stdio(mode, spec.stdio)?;
     let (pid, exit) = spawn_with(mode, reaper, spec, stdio)?;
     Ok(Spawned { pid, exit, output })
-}
-
-/// Transitional: [`spawn_in`] with the mode [`use_stdio_as_console`] set. Callers move to
-/// `spawn_in(ctx.mode(), …)`.
-pub fn spawn(reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
-    let host = LEGACY_HOST_MODE.load(std::sync::atomic::Ordering::SeqCst);
-    spawn_in(Mode::of(!host), reaper, spec)
 }
 
 /// Starts `spec` with `stdio` as its fds 0-2 (`spec.stdio` is not used); returns its pid

@@ -144,7 +144,7 @@ fn run_pauses_the_writer_while_the_reader_pauses_and_loses_nothing() {
 fn run_loses_nothing_when_the_application_ends_before_the_reader_reads() {
     let dir = tempfile::tempdir().unwrap();
     let total: usize = 192 << 10;
-    let mut child = run_cmd(dir.path(), &["head", "-c", &total.to_string(), "/dev/zero"])
+    let child = run_cmd(dir.path(), &["head", "-c", &total.to_string(), "/dev/zero"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
