@@ -4,33 +4,20 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
 
-/// A busybox root: /bin/busybox with applet links and the directories a container needs.
-fn busybox_root(dir: &Path) {
-    for d in ["bin", "proc", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "busybox-static is missing: run scripts/test"
-    );
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "hostname", "cat", "ls", "touch", "echo", "grep", "tr", "logger",
-    ] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-    }
-}
+/// The applets these cases use.
+const CONTAINER_APPLETS: &[&str] = &[
+    "sh", "hostname", "cat", "ls", "touch", "echo", "grep", "tr", "logger",
+];
 
 fn run_in_container(extra: &[&str], script: &str) -> std::process::Output {
     let runtime = tempfile::tempdir().unwrap();
     let rootfs = runtime.path().join("rootfs");
-    busybox_root(&rootfs);
+    busybox_root(&rootfs, CONTAINER_APPLETS);
     let rootfs = rootfs.to_str().unwrap().to_string();
     let mut args = vec!["--name", "ctr-vm", "--container", &rootfs];
     args.extend_from_slice(extra);
@@ -84,7 +71,7 @@ fn container_cannot_read_the_token_and_read_only_root_stays_read_only() {
 fn container_missing_program_fails_clearly() {
     let runtime = tempfile::tempdir().unwrap();
     let rootfs = runtime.path().join("rootfs");
-    busybox_root(&rootfs);
+    busybox_root(&rootfs, CONTAINER_APPLETS);
     let out = vm_cmd(
         runtime.path(),
         "run",
@@ -113,7 +100,7 @@ fn container_logger_reaches_the_host_tagged_with_the_vm_id() {
     let stop = Arc::new(AtomicBool::new(false));
     let reader = drain(UnixDatagram::bind(&sink_path).unwrap(), stop.clone());
     let rootfs = runtime.path().join("rootfs");
-    busybox_root(&rootfs);
+    busybox_root(&rootfs, CONTAINER_APPLETS);
     let marker = format!("ctr-log-{}", std::process::id());
     // vm_syslog starts at boot; wait for its socket from inside the container.
     let script = format!(
@@ -152,7 +139,7 @@ fn container_segfault_becomes_a_minidump_on_the_host() {
     let runtime = tempfile::tempdir().unwrap();
     let spool = runtime.path().join("spool");
     let rootfs = runtime.path().join("rootfs");
-    busybox_root(&rootfs);
+    busybox_root(&rootfs, CONTAINER_APPLETS);
     let (rootfs, spool_arg) = (
         rootfs.to_str().unwrap().to_string(),
         spool.to_str().unwrap().to_string(),

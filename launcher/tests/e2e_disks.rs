@@ -41,23 +41,6 @@ fn component_copy(dir: &Path, tools_marker: Option<&str>) -> PathBuf {
     copy
 }
 
-/// A busybox root for a container: /bin/busybox with applet links and the directories a
-/// container needs, and a file that only this root has.
-fn busybox_root(dir: &Path) {
-    for d in ["bin", "proc", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "busybox-static is missing: run scripts/test"
-    );
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "ls", "tr", "sleep", "echo"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(dir.join("etc/container-only"), "the container's root\n").unwrap();
-}
-
 fn mount_call(
     conn: &Connector,
     source: &str,
@@ -207,7 +190,8 @@ fn rootfs_container_and_three_disks_each_found_by_identity() {
     let runtime = tempfile::tempdir().unwrap();
     let vm_path = component_copy(runtime.path(), None);
     let ctr = runtime.path().join("ctr");
-    busybox_root(&ctr);
+    busybox_root(&ctr, &["sh", "cat", "ls", "tr", "sleep", "echo"]);
+    std::fs::write(ctr.join("etc/container-only"), "the container's root\n").unwrap();
     // Given in the order c, a, b: disk0 holds "c", disk1 "a", disk2 "b".
     let markers = ["marker-c", "marker-a", "marker-b"];
     let mut disks = Vec::new();

@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,23 +30,6 @@ fn sha256(data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-/// A busybox root with the applets these cases use.
-fn busybox_root(dir: &Path) {
-    for d in ["bin", "proc", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "busybox-static is missing: run scripts/test"
-    );
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "cat", "echo", "sleep", "stty", "hostname", "head", "grep",
-    ] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-    }
 }
 
 fn pty_session(args: &[&str]) -> Output {
@@ -140,7 +123,12 @@ fn run_on_a_terminal_is_an_interactive_shell() {
 #[test]
 fn exec_into_a_started_vm_and_its_container() {
     let rootfs = tempfile::tempdir().unwrap();
-    busybox_root(rootfs.path());
+    busybox_root(
+        rootfs.path(),
+        &[
+            "sh", "cat", "echo", "sleep", "stty", "hostname", "head", "grep",
+        ],
+    );
     let rootfs = rootfs.path().to_str().unwrap().to_string();
     let vm = StartedVm::start_with(
         "e2e-exec",

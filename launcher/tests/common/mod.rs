@@ -307,3 +307,19 @@ pub fn pipe_through(mut command: Command, input: Vec<u8>) -> Output {
     writer.join().unwrap();
     out
 }
+
+/// A container root at `dir`: /bin/busybox with links for `applets`, and the directories a
+/// container needs (proc, dev, tmp, etc).
+pub fn busybox_root(dir: &Path, applets: &[&str]) {
+    for d in ["bin", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "busybox-static is missing: run scripts/test"
+    );
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+}
