@@ -227,10 +227,10 @@ mod tests {
                 {
                     return 11;
                 }
+                let null = std::ptr::null::<u8>();
                 // SAFETY: clone3 gets a null pointer, which the filter refuses before the
                 // kernel would read it.
-                let clone3 =
-                    unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
+                let clone3 = unsafe { libc::syscall(libc::SYS_clone3, null, 0usize) };
                 if clone3 != -1 || Errno::last() != Errno::ENOSYS {
                     return 12;
                 }
