@@ -68,35 +68,8 @@ fn run_streams_binary_stdin_and_stdout_exactly_and_stderr_apart() {
 #[test]
 fn run_forwards_sigterm_and_reports_the_application_code() {
     let runtime = tempfile::tempdir().unwrap();
-    let mut child = vm_cmd(
-        runtime.path(),
-        "run",
-        &[
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.2; done",
-        ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut ready = [0u8; 6];
-    stdout.read_exact(&mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(rest, "got-term\n");
-    assert_eq!(status.code(), Some(7));
+    let run = vm_cmd(runtime.path(), "run", &["--", "sh", "-c", TERM_TRAP_APP]);
+    assert_sigterm_reaches_the_application(run);
     assert!(processes_mentioning(runtime.path().to_str().unwrap()).is_empty());
 }
 

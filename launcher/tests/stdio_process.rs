@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pipe_through, random_bytes};
+use common::{
+    assert_sigterm_reaches_the_application, pipe_through, random_bytes, send_signal,
+    spawn_until_ready, TERM_TRAP_APP,
+};
 use vm_proto::stream::{self, Kind};
 
 fn launcher() -> PathBuf {
@@ -159,63 +162,24 @@ fn run_loses_nothing_when_the_application_ends_before_the_reader_reads() {
 #[test]
 fn run_forwards_sigterm_to_the_application() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = run_cmd(
-        dir.path(),
-        &[
-            "sh",
-            "-c",
-            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
-        ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut ready = [0u8; 6];
-    stdout.read_exact(&mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(rest, "got-term\n");
-    assert_eq!(status.code(), Some(7));
+    assert_sigterm_reaches_the_application(run_cmd(dir.path(), &["sh", "-c", TERM_TRAP_APP]));
 }
 
 /// An application that ignores SIGINT: the second one within 3 s stops the VM anyway.
 #[test]
 fn run_gives_up_on_a_second_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = run_cmd(
+    let child = spawn_until_ready(run_cmd(
         dir.path(),
         &[
             "sh",
             "-c",
             "trap '' INT; echo ready; while :; do sleep 0.1; done",
         ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    ));
+    send_signal(&child, nix::sys::signal::Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    send_signal(&child, nix::sys::signal::Signal::SIGINT);
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", show(&out));

@@ -323,3 +323,51 @@ pub fn busybox_root(dir: &Path, applets: &[&str]) {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
 }
+
+/// An application that prints `ready`, then answers SIGTERM with `got-term` and exit 7.
+pub const TERM_TRAP_APP: &str =
+    "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
+
+/// Starts `command` (stdin /dev/null, stdout and stderr piped) and waits until the
+/// application has printed its `ready` line.
+pub fn spawn_until_ready(mut command: Command) -> std::process::Child {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    child
+}
+
+/// Sends `signal` to `child` (the launcher).
+pub fn send_signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// `command` runs [`TERM_TRAP_APP`]: SIGTERM to the launcher reaches the application, whose
+/// answer and exit code come back.
+pub fn assert_sigterm_reaches_the_application(command: Command) {
+    use std::io::Read;
+    let mut child = spawn_until_ready(command);
+    send_signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let mut rest = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(status.code(), Some(7));
+}
