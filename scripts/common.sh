@@ -41,8 +41,9 @@ need_build_deps() {
     apt_need cmake g++ make pkg-config
 }
 
-# The guest programs: maitred, vm_syslog and crash_collector as ONE static multi-call binary,
-# vm_tools_guest (guest/), so the gRPC C-core is in the image once, not three times. Static
+# The guest programs: maitred, vm_syslog and crash_sender as ONE static multi-call binary,
+# vm_tools_guest (guest/), so the gRPC C-core is in the image once, not three times, and
+# crash_collector without gRPC (its default), a small binary of its own. Static
 # (glibc's static-pie links grpcio's C-core fine), in a target dir of its own because
 # RUSTFLAGS differ from the host build's. The final link only (cargo rustc) packs the
 # relative relocations (-z pack-relative-relocs, glibc >= 2.36): a static-pie keeps ASLR and
@@ -55,6 +56,9 @@ build_guest_programs() {
     CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
         cargo rustc --release --target "$GUEST_TARGET" -p vm_tools_guest --bin vm_tools_guest \
         -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
+    CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo rustc --release --target "$GUEST_TARGET" -p crash_collector \
+        --bin crash_collector -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
     echo "$GUEST_TARGET_DIR/$GUEST_TARGET/release"
 }
 

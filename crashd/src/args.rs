@@ -17,11 +17,12 @@ pub const MIN_MAX_SIZE: u64 = 64 << 10;
 pub const USAGE: &str = "\
 usage: crash_collector [options] -- PID SIGNAL TIME EXE
 
-The kernel's core_pattern pipe helper: reads an ELF core on stdin, writes a minidump and
-sends it with its metadata to the host's CrashListener (or keeps it in the spool when the
-host cannot be reached, to be sent first by the next run).
+The kernel's core_pattern pipe helper: reads an ELF core on stdin, writes a minidump with
+its metadata into the spool, then becomes crash_sender, which sends the spool to the host's
+CrashListener, oldest first (what cannot be sent waits for the next run).
 
-  --host ADDR        host address (default vsock:2:<maitred.host_port from --cmdline>)
+  --host ADDR        host address, passed to crash_sender
+                     (default vsock:2:<maitred.host_port from --cmdline>)
   --cmdline FILE     kernel command line with the maitred.* keys (default /proc/cmdline)
   --proc DIR         /proc root to read the crashed process from (default /proc)
   --core FILE        read the core from FILE instead of stdin
@@ -31,6 +32,7 @@ host cannot be reached, to be sent first by the next run).
                      core: only from the core, read to its end (default auto)
   --max-size BYTES   minidump size cap, suffix K or M allowed (default 8M, at least 64K)
   --output DIR       write <exe>.<date>.<pid>.dmp/.meta to DIR instead of sending
+  --sender PATH      crash_sender to run (default: crash_sender beside this binary)
 
 Everything after -- is a value, never a flag. EXE may be split into several arguments (older
 kernels split %e at spaces): they are joined with spaces.
@@ -48,6 +50,8 @@ pub struct Config {
     pub max_size: u64,
     pub memory_source: MemorySource,
     pub output: Option<PathBuf>,
+    /// crash_sender, which this process becomes once the report is in the spool.
+    pub sender: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +129,7 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
         max_size: DEFAULT_MAX_SIZE,
         memory_source: MemorySource::Auto,
         output: None,
+        sender: None,
     };
     let mut positional = None;
     let mut it = args.iter();
@@ -153,6 +158,7 @@ pub fn parse(args: &[String]) -> Result<Config, ArgsError> {
             "--spool" => config.spool = value()?.into(),
             "--max-size" => config.max_size = parse_size(&value()?)?.max(MIN_MAX_SIZE),
             "--output" => config.output = Some(value()?.into()),
+            "--sender" => config.sender = Some(value()?.into()),
             "--memory-source" => {
                 config.memory_source = match value()?.as_str() {
                     "auto" => MemorySource::Auto,

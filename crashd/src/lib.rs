@@ -16,20 +16,17 @@
 //! - `minidump`: the minidump writer (container, streams, CPU context).
 //! - `collect`: core + /proc → minidump + metadata.
 //! - `report`, `spool`: the report on disk and the bounded guest spool.
-//! - `args`: the command line; `send` (feature `grpc`): the RPC to the host; `deliver`
-//!   (feature `grpc`): spool first, then the new report; `log`: one line per event; `sys`:
-//!   syscalls.
-//! - `program` (feature `grpc`): the whole program, [`run_main`], which the standalone
-//!   binary and the guest's multi-call binary both call.
-//!
-//! Without the `grpc` feature the crate builds without the gRPC C-core (the fuzz target).
+//! - `args`: the command line; `log`: one line per event; `sys`: syscalls.
+//! - `program`: the collector, [`run_main`]: core → report in the spool, then it becomes
+//!   crash_sender. It needs no gRPC: the guest's /sbin/crash_collector is built without
+//!   the `grpc` feature, a small static binary.
+//! - `send`, `sender` (feature `grpc`): crash_sender, which sends the spool to the host;
+//!   the guest's multi-call `vm_tools_guest` runs it as /sbin/crash_sender.
 
 pub mod args;
 pub mod build_id;
 pub mod collect;
 pub mod core_reader;
-#[cfg(feature = "grpc")]
-pub mod deliver;
 pub mod elf;
 pub mod log;
 pub mod memory;
@@ -39,16 +36,16 @@ pub mod notes;
 pub mod plan;
 pub mod proc_info;
 pub mod proc_mem;
-#[cfg(feature = "grpc")]
 pub mod program;
 pub mod report;
 #[cfg(feature = "grpc")]
 pub mod send;
+#[cfg(feature = "grpc")]
+pub mod sender;
 pub mod spool;
 pub mod sys;
 
 pub use collect::{capture, convert, CrashArgs, Options};
 pub use proc_info::{ProcSnapshot, ProcSource};
-#[cfg(feature = "grpc")]
 pub use program::run_main;
 pub use report::CrashReportData;

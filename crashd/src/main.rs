@@ -1,6 +1,5 @@
-//! The standalone `crash_collector` binary (the host tests run it); the program itself is
-//! the library's `program` module, which the guest image runs from the multi-call
-//! `vm_tools_guest` as /sbin/crash_collector.
+//! The `crash_collector` binary: the guest image's /sbin/crash_collector (built without the
+//! `grpc` feature) and what the host tests run. The program is the library's `program`.
 //!
 //! Exit codes: 0 report sent (or written with --output), 1 kept in the guest spool for a later
 //! run, 2 usage error, 3 the report could be neither sent nor kept.

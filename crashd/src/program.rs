@@ -1,28 +1,36 @@
 //! crash_collector's program: parse → [`Config`] → `run`. Before anything else it makes
 //! itself non-dumpable (see `sys`) and gives itself a stdout and stderr (the kernel starts a
-//! pipe helper with neither; stderr becomes /dev/kmsg). The standalone `crash_collector`
-//! binary and the guest's multi-call `vm_tools_guest` (as /sbin/crash_collector) both call
-//! [`run_main`].
+//! pipe helper with neither; stderr becomes /dev/kmsg).
 //!
-//! Exit codes: 0 report sent (or written with --output), 1 kept in the guest spool for a later
-//! run, 2 usage error, 3 the report could be neither sent nor kept.
+//! Collecting and sending are two stages, as ChromeOS splits crash_reporter and
+//! crash_sender: this stage reads the core and /proc, writes the report into the guest
+//! spool and then *becomes* crash_sender (execve, same pid, the core pipe still open, so the
+//! kernel still holds the crashed process until the report is sent). This stage links no
+//! gRPC: the C-core's start-up (its C++ constructors, ~5 MiB of the binary paged in) is paid
+//! only once there is a report to send, and the collector itself is a small static binary.
+//!
+//! Exit codes (the sender's, after the hand-off): 0 report sent (or written with --output),
+//! 1 kept in the guest spool for a later run, 2 usage error, 3 the report could be neither
+//! sent nor kept.
 
 use std::fmt;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
 use crate::args::{self, ArgsError, Config};
 use crate::collect::{capture, Options};
-use crate::deliver::{deliver, keep, Delivery};
 use crate::log;
 use crate::proc_info::ProcSource;
-use crate::report::keys;
-use crate::send::Sender;
+use crate::report::{keys, TRANSPORT_MAX_DUMP};
 use crate::spool::{Spool, SpoolError};
 use crate::sys;
-use vm_proto::{AddressError, GuestParams};
+use vm_proto::GuestParams;
+
+/// The sender's file name, looked for beside this binary unless `--sender` names one.
+pub const SENDER_NAME: &str = "crash_sender";
 
 #[derive(Debug)]
 enum MainError {
@@ -33,10 +41,6 @@ enum MainError {
     Output {
         path: PathBuf,
         source: std::io::Error,
-    },
-    BadHost {
-        addr: String,
-        source: AddressError,
     },
     Spool(SpoolError),
 }
@@ -50,32 +54,27 @@ impl fmt::Display for MainError {
             Self::Output { path, source } => {
                 write!(f, "cannot write the report to {}: {source}", path.display())
             }
-            Self::BadHost { addr, source } => write!(f, "--host {addr}: {source}"),
             Self::Spool(e) => write!(f, "the report is lost: {e}"),
         }
     }
 }
 
 enum Outcome {
-    Sent,
     Written(PathBuf),
-    Spooled(String),
+    /// In the spool; the sender takes it from there.
+    Spooled {
+        dir: PathBuf,
+    },
 }
 
-impl From<Delivery> for Outcome {
-    fn from(d: Delivery) -> Outcome {
-        match d {
-            Delivery::Sent => Outcome::Sent,
-            Delivery::Spooled(why) => Outcome::Spooled(why),
-        }
-    }
-}
-
-fn run(config: Config) -> Result<Outcome, MainError> {
+fn run(config: &Config) -> Result<Outcome, MainError> {
     // /proc first: it is alive while the kernel writes the core (core_pipe_limit > 0).
     let proc = ProcSource::new(&config.proc_root).snapshot(config.crash.pid);
+    // Capped once, under what the host takes in one message: the sender can then send the
+    // spooled report as it is.
+    let max_size = config.max_size.min(TRANSPORT_MAX_DUMP);
     let opts = Options {
-        max_size: config.max_size,
+        max_size,
         read_module_files: true,
         memory_source: config.memory_source,
     };
@@ -103,10 +102,9 @@ fn run(config: Config) -> Result<Outcome, MainError> {
             capture(File::from(fd), proc, &config.crash, &opts)
         }
     };
-    let mut report = collected.render(config.max_size);
-    let params = GuestParams::from_proc_cmdline(&config.cmdline);
-    if let Ok(p) = &params {
-        report.metadata.insert(keys::VM_ID.into(), p.vm_id.clone());
+    let mut report = collected.render(max_size);
+    if let Ok(p) = GuestParams::from_proc_cmdline(&config.cmdline) {
+        report.metadata.insert(keys::VM_ID.into(), p.vm_id);
     }
     if let Some(dir) = &config.output {
         let dmp = report
@@ -118,30 +116,36 @@ fn run(config: Config) -> Result<Outcome, MainError> {
         return Ok(Outcome::Written(dmp));
     }
     let spool = Spool::new(&config.spool);
-    let params = match params {
-        Ok(p) => p,
-        Err(why) => {
-            return keep(&spool, &report, format!("no host to send to ({why})"))
-                .map(Outcome::from)
-                .map_err(MainError::Spool)
-        }
-    };
-    let addr = match &config.host {
-        Some(text) => text.parse().map_err(|source| MainError::BadHost {
-            addr: text.clone(),
-            source,
-        })?,
-        None => params.host_address(),
-    };
-    let sender = Sender::new(addr, params.token);
-    deliver(&spool, &sender, &collected, report)
-        .map(Outcome::from)
-        .map_err(MainError::Spool)
+    for stem in spool.store(&report).map_err(MainError::Spool)? {
+        log::line(format!("spool full: dropped the oldest report {stem}"));
+    }
+    Ok(Outcome::Spooled {
+        dir: spool.dir.clone(),
+    })
 }
 
-/// crash_collector's `main`, given its arguments after argv[0]. The gRPC environment is
-/// made only once a report exists and is to be sent (in `Sender::new`, after the capture):
-/// `--help`, usage errors, `--output` and a VM without host parameters never start one.
+/// Where crash_sender is: `--sender`, else beside this executable.
+fn sender_path(config: &Config) -> PathBuf {
+    if let Some(path) = &config.sender {
+        return path.clone();
+    }
+    let own = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    own.parent().unwrap_or(Path::new("/sbin")).join(SENDER_NAME)
+}
+
+/// Becomes crash_sender for the spool (returns only if that fails): same pid, same stdin
+/// (the core pipe), so the kernel keeps holding the crashed process until it is sent.
+fn hand_off_to_sender(config: &Config, spool: &Path) -> std::io::Error {
+    let mut sender = Command::new(sender_path(config));
+    sender.arg0(SENDER_NAME).arg("--spool").arg(spool);
+    sender.arg("--cmdline").arg(&config.cmdline);
+    if let Some(host) = &config.host {
+        sender.arg("--host").arg(host);
+    }
+    sender.exec()
+}
+
+/// crash_collector's `main`, given its arguments after argv[0].
 pub fn run_main(argv: &[String]) -> ExitCode {
     let dumpable = sys::disable_core_dumps();
     sys::ensure_stdio();
@@ -160,11 +164,7 @@ pub fn run_main(argv: &[String]) -> ExitCode {
         }
     };
     let pid = config.crash.pid;
-    match run(config) {
-        Ok(Outcome::Sent) => {
-            log::line(format!("crash report for pid {pid} sent to the host"));
-            ExitCode::SUCCESS
-        }
+    match run(&config) {
         Ok(Outcome::Written(path)) => {
             log::line(format!(
                 "crash report for pid {pid} written to {}",
@@ -172,8 +172,13 @@ pub fn run_main(argv: &[String]) -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        Ok(Outcome::Spooled(why)) => {
-            log::line(format!("crash report for pid {pid} not sent: {why}"));
+        Ok(Outcome::Spooled { dir }) => {
+            let e = hand_off_to_sender(&config, &dir);
+            log::line(format!(
+                "crash report for pid {pid} kept in {}: cannot run {}: {e}",
+                dir.display(),
+                sender_path(&config).display()
+            ));
             ExitCode::from(1)
         }
         Err(e) => {

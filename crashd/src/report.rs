@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use vm_proto::spool;
 
+/// The most minidump bytes a report may carry: what the host takes in one message (the
+/// contract's limit, [`vm_proto::MAX_MESSAGE_BYTES`]), less room for the metadata.
+pub const TRANSPORT_MAX_DUMP: u64 = vm_proto::MAX_MESSAGE_BYTES as u64 - (64 << 10);
+
 /// Metadata keys the host and tests rely on.
 pub mod keys {
     pub const EXE: &str = "exe";

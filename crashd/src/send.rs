@@ -13,9 +13,6 @@ use crate::report::CrashReportData;
 
 /// Per call; a minidump of a few MiB crosses vsock in well under a second.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// What the host's gRPC server accepts in one message (the contract's limit), less room
-/// for the metadata.
-pub const TRANSPORT_MAX_DUMP: u64 = vm_proto::server::MAX_MESSAGE_BYTES as u64 - (64 << 10);
 
 #[derive(Debug)]
 pub struct SendError(pub CallError);

@@ -1,6 +1,6 @@
 //! The guest's crash spool (/var/spool/crash): reports the host could not take yet, kept
 //! within a bound (count and bytes; the oldest go first) and retried, oldest first, by the
-//! next run of the collector. Each report is `<stem>.dmp` + `<stem>.meta` (see `report`).
+//! next run of crash_sender. Each report is `<stem>.dmp` + `<stem>.meta` (see `report`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,19 @@ impl Spool {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// An exclusive lock on the spool for one sender (blocks while another holds it); a
+    /// missing spool directory is made.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, SpoolError> {
+        std::fs::create_dir_all(&self.dir).map_err(Self::err(&self.dir))?;
+        let dir = std::fs::File::open(&self.dir).map_err(Self::err(&self.dir))?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+            SpoolError {
+                path: self.dir.clone(),
+                source: errno.into(),
+            }
+        })
     }
 
     /// Complete reports, oldest first. A missing spool directory is an empty spool.
@@ -181,6 +194,29 @@ mod tests {
             .iter()
             .map(|p| spool.load(p).unwrap().metadata[keys::PID].clone())
             .collect()
+    }
+
+    #[test]
+    fn lock_makes_the_spool_and_lets_one_sender_in_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("spool"));
+        let first = spool.lock().unwrap();
+        assert!(spool.dir.is_dir());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir_again = spool.dir.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = Spool::new(dir_again).lock().unwrap();
+            tx.send(()).unwrap();
+        });
+        let waited = rx.recv_timeout(std::time::Duration::from_millis(300));
+        assert!(
+            waited.is_err(),
+            "a second sender got in while the first held the lock"
+        );
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the second sender gets the lock once the first is done");
+        waiter.join().unwrap();
     }
 
     #[test]

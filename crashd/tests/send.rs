@@ -123,7 +123,7 @@ fn host_down_spools_then_next_run_sends_spooled_report_first() {
 
 #[test]
 fn report_over_4_mib_is_delivered_whole() {
-    // The host accepts up to 16 MiB (vm_proto::server::MAX_MESSAGE_BYTES); gRPC's default of
+    // The host accepts up to 16 MiB (vm_proto::MAX_MESSAGE_BYTES); gRPC's default of
     // 4 MiB used to refuse this report, and the re-render under 4 MiB stays as a fallback.
     // 72 threads waiting under 128 KiB frames: 64 KiB of stack each, 4.5 MiB in all.
     let crash = GdbCrash::run_with("segv", 72, &[("CRASHME_DEEP", "1")]);

@@ -1,10 +1,12 @@
-//! vm_tools_guest: the guest image's one binary. maitred, vm_syslog and crash_collector are
+//! vm_tools_guest: the guest image's gRPC binary. maitred, vm_syslog and crash_sender are
 //! libraries linked here once (one gRPC C-core instead of three), and the name the binary
 //! is run under picks the program, busybox style. The image links /init, /sbin/maitred,
-//! /sbin/vm_syslog and /sbin/crash_collector to it (scripts/build-image).
+//! /sbin/vm_syslog and /sbin/crash_sender to it (scripts/build-image). crash_collector is
+//! not here: it is a small static binary of its own without gRPC (the C-core's start-up
+//! would be paid on every crash) that becomes /sbin/crash_sender once it has a report.
 //!
-//! - argv[0] `init` or `maitred` → maitred; `vm_syslog` → vm_syslog; `crash_collector` →
-//!   crash_collector (only the last path component counts).
+//! - argv[0] `init` or `maitred` → maitred; `vm_syslog` → vm_syslog; `crash_sender` →
+//!   crash_sender (only the last path component counts).
 //! - `vm_tools_guest PROGRAM ARGS…` runs PROGRAM with ARGS, for trying it out by hand.
 //! - PID 1 is always maitred, and so is maitred's re-execution of itself
 //!   (`--container-init`, `--container-enter`), whatever name it came under.
@@ -16,13 +18,13 @@
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: vm_tools_guest PROGRAM [ARGS...], or run it as a link named \
-PROGRAM; PROGRAM is one of: init, maitred, vm_syslog, crash_collector";
+PROGRAM; PROGRAM is one of: init, maitred, vm_syslog, crash_sender";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Program {
     Maitred,
     VmSyslog,
-    CrashCollector,
+    CrashSender,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -39,7 +41,7 @@ fn program_named(name: &str) -> Option<Program> {
     match name {
         "init" | "maitred" => Some(Program::Maitred),
         "vm_syslog" => Some(Program::VmSyslog),
-        "crash_collector" => Some(Program::CrashCollector),
+        "crash_sender" => Some(Program::CrashSender),
         _ => None,
     }
 }
@@ -80,7 +82,9 @@ fn main() -> ExitCode {
     match dispatch(&argv, std::process::id() == 1) {
         Dispatch::Run(Program::Maitred, from) => maitred::run_main(&argv[from..]),
         Dispatch::Run(Program::VmSyslog, from) => vm_syslog::run_main(&argv[from..]),
-        Dispatch::Run(Program::CrashCollector, from) => crash_collector::run_main(&argv[from..]),
+        Dispatch::Run(Program::CrashSender, from) => {
+            crash_collector::sender::run_main(&argv[from..])
+        }
         Dispatch::Help => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -108,7 +112,7 @@ mod tests {
             ("/sbin/maitred", Program::Maitred),
             ("maitred", Program::Maitred),
             ("/sbin/vm_syslog", Program::VmSyslog),
-            ("/sbin/crash_collector", Program::CrashCollector),
+            ("/sbin/crash_sender", Program::CrashSender),
         ] {
             assert_eq!(
                 dispatch(&argv(&[name, "--help"]), false),

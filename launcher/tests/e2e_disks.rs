@@ -99,7 +99,7 @@ fn component_boots_without_initramfs_on_a_read_only_root_that_still_runs_everyth
          i=0; while [ ! -S /dev/log ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
          logger -t ro-app -p user.err {log_marker}; \
          sh -c 'kill -SEGV $$'; \
-         sleep 0.5; while pidof crash_collector >/dev/null; do sleep 0.1; done; \
+         sleep 0.5; while pidof crash_collector crash_sender >/dev/null; do sleep 0.1; done; \
          sleep 1; echo done; exit 6"
     );
     let vm_path_arg = vm_path.to_str().unwrap();

@@ -1,9 +1,10 @@
-//! The guest's one binary in a real guest: /init, /sbin/maitred, /sbin/vm_syslog and
-//! /sbin/crash_collector are one file (vm_tools_guest, scripts/build-image), and the name it
+//! The guest's programs in a real guest: /init, /sbin/maitred, /sbin/vm_syslog and
+//! /sbin/crash_sender are one file (vm_tools_guest, scripts/build-image), and the name it
 //! is run under picks the program: each name prints its own program's usage, an unknown
 //! name is refused with a usage line, and vm_syslog (a boot service started through its
-//! link) runs from that same file. That a crash still becomes a report through the
-//! /sbin/crash_collector link is e2e_crash's test.
+//! link) runs from that same file. /sbin/crash_collector is a file of its own, without the
+//! gRPC C-core. That a crash still becomes a report (collector, then sender) is e2e_crash's
+//! test.
 //!
 //! Needs what e2e_qemu.rs needs (qemu-system-x86_64, vhost-device-vsock, the kernel and
 //! image from scripts/build-kernel and scripts/build-image).
@@ -18,7 +19,7 @@ const NAMES: [&str; 4] = [
     "/init",
     "/sbin/maitred",
     "/sbin/vm_syslog",
-    "/sbin/crash_collector",
+    "/sbin/crash_sender",
 ];
 
 fn sh(vm: &StartedVm, conn: &vm_proto::Connector, script: &str) -> LaunchProcessResponse {
@@ -56,6 +57,21 @@ fn guest_programs_are_one_file_dispatched_by_name() {
         fields[1].parse::<u32>().unwrap() >= 4 && fields[2] == "regular",
         "a regular file with (at least) four links: {out}"
     );
+    // crash_collector is its own, much smaller file (no gRPC C-core in a crash's path).
+    let r = sh(&vm, &conn, "stat -c '%i %s' /init /sbin/crash_collector");
+    let out = stdout(&r);
+    let sizes: Vec<(&str, u64)> = out
+        .lines()
+        .map(|l| {
+            let (inode, size) = l.split_once(' ').unwrap();
+            (inode, size.parse().unwrap())
+        })
+        .collect();
+    assert_ne!(sizes[0].0, sizes[1].0, "a file of its own: {out}");
+    assert!(
+        sizes[1].1 * 3 < sizes[0].1,
+        "much smaller than /init: {out}"
+    );
     // /sbin/init is still the symlink to /init.
     let r = sh(&vm, &conn, "readlink /sbin/init");
     assert_eq!(stdout(&r).trim(), "/init");
@@ -64,6 +80,7 @@ fn guest_programs_are_one_file_dispatched_by_name() {
     for (name, usage) in [
         ("/sbin/maitred", "usage: maitred "),
         ("/sbin/vm_syslog", "usage: vm_syslog "),
+        ("/sbin/crash_sender", "usage: crash_sender "),
         ("/sbin/crash_collector", "usage: crash_collector "),
     ] {
         let r = sh(&vm, &conn, &format!("{name} --help"));

@@ -39,6 +39,10 @@ pub use transport::{connect, connect_with_timeout, TransportError};
 /// code also means "too large"; a rate-limited report is kept and sent again later.
 pub const CRASH_RATE_LIMITED: &str = "crash report rate limit";
 
+/// The largest gRPC message either side accepts. Here, not in `server`, so a program built
+/// without gRPC (crash_collector) can size what it hands to one that sends.
+pub const MAX_MESSAGE_BYTES: i32 = 16 << 20;
+
 /// The vsock port maitred serves `Maitred` on inside the guest.
 pub const MAITRED_PORT: u32 = 8888;
 /// The vsock CID of the host, as seen from a guest.

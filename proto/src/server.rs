@@ -19,8 +19,6 @@ use crate::address::Address;
 use crate::auth::{Token, TokenChecker};
 use crate::listener::{Listener, Peer};
 
-/// The largest request a server accepts.
-pub const MAX_MESSAGE_BYTES: i32 = 16 << 20;
 /// The most connections one server keeps open at once; more are closed as they arrive. A
 /// guest needs a handful (maitred's, vm_syslog's, crash_collector's), a host as few.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -112,7 +110,7 @@ impl GrpcServer {
     ) -> Result<GrpcServer, ServerError> {
         // Crash reports carry minidumps of up to 8 MiB; gRPC's default limit is 4 MiB.
         let args = grpcio::ChannelBuilder::new(env.clone())
-            .max_receive_message_len(MAX_MESSAGE_BYTES)
+            .max_receive_message_len(crate::MAX_MESSAGE_BYTES)
             .build_args();
         let mut builder = ServerBuilder::new(env)
             .channel_args(args)
