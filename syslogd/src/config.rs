@@ -15,7 +15,8 @@ usage: vm_syslog [options]
   --host ADDR          the host's LogCollector (default vsock:2:<maitred.host_port>)
   --cmdline FILE       kernel command line with maitred.token (default /proc/cmdline)
   --buffer-bytes N     records kept while the host is away; K and M suffixes (default 8M)
-  --state FILE         where the delivered kmsg position is kept (default /run/vm_syslog.state)
+  --state FILE         the delivered kmsg position and the batch numbering
+                       (default /run/vm_syslog.state)
 
 Exit status: 0 after SIGTERM (everything flushed), 1 on a runtime error, 2 on a usage error.";
 

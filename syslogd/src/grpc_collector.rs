@@ -9,6 +9,7 @@ use vm_proto::protos::host::{LogRecord, LogRequest, LogSeverity};
 use vm_proto::protos::host_grpc::LogCollectorClient;
 use vm_proto::{CallError, Connector};
 
+use crate::delivery_state::BatchId;
 use crate::record::{Kind, Record};
 use crate::sender::Collector;
 
@@ -48,8 +49,10 @@ impl GrpcCollector {
 impl Collector for GrpcCollector {
     type Error = CallError;
 
-    fn send(&mut self, kind: Kind, records: &[Record]) -> Result<(), CallError> {
+    fn send(&mut self, kind: Kind, id: &BatchId, records: &[Record]) -> Result<(), CallError> {
         let mut request = LogRequest::new();
+        request.set_boot_id(id.stream.clone());
+        request.set_sequence(id.number);
         request.set_records(RepeatedField::from_vec(
             records.iter().map(to_log_record).collect(),
         ));

@@ -4,7 +4,8 @@
 //! - `record`: one record; `time`: RFC 3164 / RFC 3339 timestamps.
 //! - `syslog_format`: parses /dev/log datagrams; `kmsg_format`: parses /dev/kmsg records.
 //! - `buffer`: the bounded buffer (drops the oldest, counts them); `sender`: batches,
-//!   retries with backoff, reports drops; `kmsg_state`: the delivered kmsg position.
+//!   retries with backoff, reports drops; `delivery_state`: the delivered kmsg position
+//!   and the batch numbering (exactly-once), kept across restarts.
 //! - With the `daemon` feature: `config` (flags), `devlog` and `kmsg_reader` (the reader
 //!   threads), `grpc_collector` (the host calls) and `daemon` (the wiring).
 //!
@@ -24,8 +25,8 @@ macro_rules! warn {
 }
 
 pub mod buffer;
+pub mod delivery_state;
 pub mod kmsg_format;
-pub mod kmsg_state;
 pub mod record;
 pub mod sender;
 pub mod syslog_format;
