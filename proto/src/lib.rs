@@ -39,6 +39,11 @@ pub use transport::{connect, connect_with_timeout, TransportError};
 /// code also means "too large"; a rate-limited report is kept and sent again later.
 pub const CRASH_RATE_LIMITED: &str = "crash report rate limit";
 
+/// The RFC 5424 SD-ID under which vm_syslog sends a kmsg record's device dictionary
+/// (` SUBSYSTEM=pci` lines): `kmsg@32473`. 32473 is the documentation enterprise number
+/// (RFC 5612); a project with its own number would put it here.
+pub const KMSG_SD_ID: &str = "kmsg@32473";
+
 /// The vsock port maitred serves `Maitred` on inside the guest.
 pub const MAITRED_PORT: u32 = 8888;
 /// The vsock CID of the host, as seen from a guest.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use protobuf::RepeatedField;
 use vm_proto::protos::common::Timestamp as ProtoTimestamp;
-use vm_proto::protos::host::{LogRecord, LogRequest, LogSeverity};
+use vm_proto::protos::host::{LogRecord, LogRequest, LogSeverity, SdElement, SdParam};
 use vm_proto::protos::host_grpc::LogCollectorClient;
 use vm_proto::{CallError, Connector};
 
@@ -33,6 +33,17 @@ pub fn to_log_record(record: &Record) -> LogRecord {
     out.set_app_name(record.app_name.clone());
     out.set_pid(record.pid);
     out.set_truncated(record.truncated);
+    if !record.kernel_dict.is_empty() {
+        let mut element = SdElement::new();
+        element.set_id(vm_proto::KMSG_SD_ID.into());
+        for (key, value) in &record.kernel_dict {
+            let mut param = SdParam::new();
+            param.set_name(key.clone());
+            param.set_value(value.clone());
+            element.mut_params().push(param);
+        }
+        out.mut_structured_data().push(element);
+    }
     out
 }
 
@@ -110,7 +121,13 @@ mod tests {
         r.pid = 42;
         r.set_content(b"bad \xff bytes");
         r.truncated = true;
+        r.kernel_dict = vec![("SUBSYSTEM".into(), "pci".into())];
         let l = to_log_record(&r);
+        let sd = l.get_structured_data();
+        assert_eq!(sd.len(), 1);
+        assert_eq!(sd[0].get_id(), "kmsg@32473");
+        let p = &sd[0].get_params()[0];
+        assert_eq!((p.get_name(), p.get_value()), ("SUBSYSTEM", "pci"));
         assert_eq!(l.get_severity(), LogSeverity::ERROR);
         assert_eq!(l.get_facility(), 3);
         assert_eq!(l.get_timestamp().get_seconds(), 1_795_743_040);
