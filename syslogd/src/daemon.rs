@@ -14,6 +14,7 @@ use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::delivery_state::{read_boot_id, DeliveryState, BOOT_ID_PATH};
 use crate::devlog::{DevLog, DevLogError};
+use crate::devlog_stream::StreamLog;
 use crate::grpc_collector::GrpcCollector;
 use crate::kmsg_reader::KmsgReader;
 use crate::sender::{Sender, SenderConfig};
@@ -60,6 +61,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let devlog = DevLog::bind(&config.socket).map_err(DaemonError::DevLog)?;
     let b = buffer.clone();
     spawn("devlog", move || devlog.run(b))?;
+    let stream_log = StreamLog::bind(&config.stream_socket).map_err(DaemonError::DevLog)?;
+    let b = buffer.clone();
+    spawn("devlog-accept", move || stream_log.run(b))?;
 
     let state = DeliveryState::open(config.state.clone(), read_boot_id(BOOT_ID_PATH.as_ref()));
     if let Some(path) = &config.kmsg {
@@ -93,6 +97,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .run();
     // Senders now fail fast instead of filling a queue nobody reads.
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.stream_socket);
     if stats.abandoned > 0 {
         crate::warn!(
             "vm_syslog: stopped with {} records undelivered",
