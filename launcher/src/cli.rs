@@ -73,8 +73,11 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
   --crash-keep N         crash reports kept per VM in the spool, newest first (default 10)
   --log-dest DEST        guest logs: syslog (the host's /dev/log; the default when it
                          exists, else none), terminal (stderr; kernel records only from
-                         warning up), unix:PATH (a syslog socket), file:PATH (RFC 5424
-                         lines) or none
+                         warning up), journald[:PATH] (native protocol, VM_ID= field),
+                         unix:PATH (a syslog socket), file:PATH (RFC 5424 lines),
+                         dir:PATH (PATH/<id>.log, rotated) or none
+  --log-rotate-size N    dir: rotate <id>.log past N bytes; K, M suffixes (default 10M)
+  --log-rotate-keep N    dir: rotated files kept, <id>.log.1 … (default 5)
   --maitred PATH         host-mode maitred for --hypervisor process (default: beside vm_launcher)
   --vhost-device-vsock PATH  the vhost-user vsock back-end (default: from PATH)
 
@@ -249,6 +252,8 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         tty: None,
         console: false,
     };
+    // --log-rotate-size, --log-rotate-keep: applied to a dir: --log-dest at the end.
+    let mut rotate: (Option<u64>, Option<usize>) = (None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let flag = flag.as_str();
@@ -348,10 +353,21 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
                     .map_err(|e| CliError(format!("--log-dest: {e}")))?;
                 run.log_dest = Some(sink);
             }
+            "--log-rotate-size" => {
+                let size = crate::log_forward::dir::parse_size(&value()?)
+                    .map_err(|e| CliError(format!("{flag} {e}")))?;
+                rotate.0 = Some(size);
+            }
+            "--log-rotate-keep" => rotate.1 = Some(number(flag, &value()?)?),
             "--maitred" => run.maitred = Some(value()?.into()),
             "--vhost-device-vsock" => run.vhost_device_vsock = value()?.into(),
             other => return Err(CliError(format!("unknown option {other:?}"))),
         }
+    }
+    if rotate != (None, None) {
+        let sink = run.log_dest.take().unwrap_or(LogSink::Discard);
+        let sink = sink.with_rotation(rotate.0, rotate.1).map_err(CliError)?;
+        run.log_dest = Some(sink);
     }
     if run.params.iter().any(|p| p.contains("maitred.")) {
         return Err(CliError("--params may not set maitred.* keys".into()));

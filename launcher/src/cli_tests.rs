@@ -1,6 +1,8 @@
 //! `cli`'s unit tests: every command and flag, and one clear error for each bad input.
 
 use super::*;
+use crate::log_forward::journald::JOURNAL_SOCKET;
+use crate::log_forward::Rotation;
 
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -221,10 +223,49 @@ fn parse_log_dest_every_form_and_default() {
     );
     let err = dest("tcp:x").unwrap_err().to_string();
     assert!(err.contains("--log-dest") && err.contains("tcp:x"), "{err}");
+    assert_eq!(
+        dest("journald"),
+        Ok(Some(LogSink::Journald(JOURNAL_SOCKET.into())))
+    );
     let Cli::Start(run) = parse(&args(&["start", "--vm-path", "c"])).unwrap() else {
         panic!()
     };
     assert_eq!(run.log_dest, None);
+}
+
+#[test]
+fn parse_log_rotation_applies_to_dir_only() {
+    let start = |extra: &[&str]| {
+        let mut a = vec!["start", "--vm-path", "c"];
+        a.extend_from_slice(extra);
+        match parse(&args(&a)) {
+            Ok(Cli::Start(run)) => Ok(run.log_dest),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let rotated = start(&[
+        "--log-rotate-size",
+        "64K",
+        "--log-dest",
+        "dir:/var/log/vms",
+        "--log-rotate-keep",
+        "3",
+    ]);
+    assert_eq!(
+        rotated,
+        Ok(Some(LogSink::Dir {
+            path: "/var/log/vms".into(),
+            rotation: Rotation {
+                max_bytes: 65536,
+                keep: 3
+            }
+        }))
+    );
+    let err = start(&["--log-rotate-keep", "3"]).unwrap_err();
+    assert!(err.contains("dir:PATH"), "{err}");
+    let err = start(&["--log-dest", "dir:/d", "--log-rotate-size", "0"]).unwrap_err();
+    assert!(err.contains("--log-rotate-size"), "{err}");
 }
 
 #[test]

@@ -6,11 +6,16 @@
 //! Destinations (`--log-dest`): `terminal` (stderr, one readable line a record; the default
 //! of `run`; kernel records only at warning or worse, as the boot log would drown the
 //! application's output), `syslog` (the host's /dev/log; the default of `start`),
-//! `unix:PATH` (any syslog datagram socket) and `file:PATH` (appended), the last three as
-//! RFC 5424 lines (see [`rfc5424`] for the tag convention), and `none`. Delivery problems
-//! are reported on stderr at most every [`REPORT_EVERY`], with the count of records lost.
+//! `unix:PATH` (any syslog datagram socket), `file:PATH` (appended) and `dir:PATH`
+//! (`<PATH>/<id>.log`, rotated by size: [`dir`]), those four as RFC 5424 lines (see
+//! [`rfc5424`] for the tag convention), `journald` (the journal's native protocol with
+//! `VM_ID`/`VM_CID` fields: [`journald`]; `journald:PATH` for another socket), and `none`.
+//! Delivery problems are reported on stderr at most every [`REPORT_EVERY`], with the count
+//! of records lost.
 
 mod datagram;
+pub mod dir;
+pub mod journald;
 pub mod rfc5424;
 
 use std::fmt;
@@ -24,6 +29,9 @@ use std::time::{Duration, Instant};
 use vm_proto::protos::host::{LogRecord, LogSeverity};
 
 use datagram::DatagramOut;
+use dir::RotatingFile;
+pub use dir::Rotation;
+use journald::JournaldOut;
 
 /// The host's syslog socket.
 pub const HOST_SYSLOG_SOCKET: &str = "/dev/log";
@@ -80,12 +88,34 @@ pub enum LogSink {
     Syslog(PathBuf),
     /// RFC 5424 lines appended to a file.
     File(PathBuf),
+    /// RFC 5424 lines in `<dir>/<id>.log`, rotated by size.
+    Dir { path: PathBuf, rotation: Rotation },
+    /// The journal's native protocol to this socket (normally [`journald::JOURNAL_SOCKET`]).
+    Journald(PathBuf),
 }
 
 impl LogSink {
     /// The host's syslog: the default for `start`.
     pub fn host_syslog() -> LogSink {
         LogSink::Syslog(PathBuf::from(HOST_SYSLOG_SOCKET))
+    }
+
+    /// `--log-rotate-size` and `--log-rotate-keep` applied: only a `dir:` sink rotates.
+    pub fn with_rotation(
+        self,
+        max_bytes: Option<u64>,
+        keep: Option<usize>,
+    ) -> Result<LogSink, String> {
+        match self {
+            LogSink::Dir { path, rotation } => Ok(LogSink::Dir {
+                path,
+                rotation: Rotation {
+                    max_bytes: max_bytes.unwrap_or(rotation.max_bytes),
+                    keep: keep.unwrap_or(rotation.keep),
+                },
+            }),
+            _ => Err("--log-rotate-size and --log-rotate-keep need --log-dest dir:PATH".into()),
+        }
     }
 }
 
@@ -96,7 +126,8 @@ impl fmt::Display for LogSinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "log destination {:?}: expected terminal, syslog, unix:PATH, file:PATH or none",
+            "log destination {:?}: expected terminal, syslog, journald[:PATH], unix:PATH, \
+             file:PATH, dir:PATH or none",
             self.0
         )
     }
@@ -113,6 +144,12 @@ impl FromStr for LogSink {
             None if text == "terminal" => Some(LogSink::Terminal),
             None if text == "syslog" => Some(LogSink::host_syslog()),
             None if text == "none" => Some(LogSink::Discard),
+            None if text == "journald" => Some(LogSink::Journald(journald::JOURNAL_SOCKET.into())),
+            Some(("journald", p)) => path(p).map(LogSink::Journald),
+            Some(("dir", p)) => path(p).map(|path| LogSink::Dir {
+                path,
+                rotation: Rotation::default(),
+            }),
             Some(("unix", p)) => path(p).map(LogSink::Syslog),
             Some(("file", p)) => path(p).map(LogSink::File),
             _ => None,
@@ -126,6 +163,8 @@ enum Output {
     Discard,
     Datagram(DatagramOut),
     File { path: PathBuf, file: Option<File> },
+    Dir(RotatingFile),
+    Journald(JournaldOut),
 }
 
 /// Records lost on the way out, reported at most every [`REPORT_EVERY`].
@@ -142,6 +181,8 @@ struct State {
 
 pub struct LogForwarder {
     vm_id: String,
+    /// The VM's vsock CID, for the journal's `VM_CID` (none for the process back-end).
+    cid: Option<u32>,
     /// `VM(<id>)`: the HOSTNAME of every RFC 5424 line.
     tag: String,
     destination: String,
@@ -155,15 +196,22 @@ impl LogForwarder {
             LogSink::Discard => "nowhere".to_string(),
             LogSink::Syslog(path) => format!("unix:{}", path.display()),
             LogSink::File(path) => format!("file:{}", path.display()),
+            LogSink::Dir { path, .. } => format!("dir:{}", path.display()),
+            LogSink::Journald(path) => format!("journald:{}", path.display()),
         };
         let output = match sink {
             LogSink::Terminal => Output::Terminal,
             LogSink::Discard => Output::Discard,
             LogSink::Syslog(path) => Output::Datagram(DatagramOut::new(&path)),
             LogSink::File(path) => Output::File { path, file: None },
+            LogSink::Dir { path, rotation } => {
+                Output::Dir(RotatingFile::new(&path, vm_id, rotation))
+            }
+            LogSink::Journald(path) => Output::Journald(JournaldOut::new(&path)),
         };
         LogForwarder {
             vm_id: vm_id.to_string(),
+            cid: None,
             tag: rfc5424::vm_tag(vm_id),
             destination,
             state: Mutex::new(State {
@@ -171,6 +219,12 @@ impl LogForwarder {
                 losses: Losses::default(),
             }),
         }
+    }
+
+    /// The VM's vsock CID, for the journal.
+    pub fn with_cid(mut self, cid: u32) -> LogForwarder {
+        self.cid = Some(cid);
+        self
     }
 
     pub fn vm_id(&self) -> &str {
@@ -252,6 +306,27 @@ impl LogForwarder {
                 append(path, file, text.as_bytes())
                     .err()
                     .map(|e| (records.len(), format!("{}: {e}", path.display())))
+            }
+            Output::Dir(out) => {
+                let lines: Vec<String> = records
+                    .iter()
+                    .map(|r| self.syslog_line(kernel, r) + "\n")
+                    .collect();
+                let (written, result) = out.append(&lines);
+                result.err().map(|e| {
+                    (
+                        lines.len() - written,
+                        format!("{}: {e}", out.path().display()),
+                    )
+                })
+            }
+            Output::Journald(out) => {
+                let entries: Vec<Vec<u8>> = records
+                    .iter()
+                    .map(|r| journald::entry(&self.vm_id, self.cid, kernel, r))
+                    .collect();
+                let outcome = out.send(&entries);
+                outcome.error.map(|e| (outcome.dropped, e))
             }
         };
         if let Some((count, error)) = lost {
@@ -363,9 +438,33 @@ mod tests {
         ] {
             assert_eq!(text.parse::<LogSink>(), Ok(want), "{text}");
         }
-        for bad in ["", "unix:", "file:", "tcp:1.2.3.4:514", "Syslog"] {
+        for (text, want) in [
+            (
+                "journald",
+                LogSink::Journald(journald::JOURNAL_SOCKET.into()),
+            ),
+            ("journald:/tmp/j", LogSink::Journald("/tmp/j".into())),
+            (
+                "dir:/var/log/vms",
+                LogSink::Dir {
+                    path: "/var/log/vms".into(),
+                    rotation: Rotation::default(),
+                },
+            ),
+        ] {
+            assert_eq!(text.parse::<LogSink>(), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "unix:",
+            "file:",
+            "dir:",
+            "journald:",
+            "tcp:1.2.3.4:514",
+            "Syslog",
+        ] {
             let err = bad.parse::<LogSink>().unwrap_err().to_string();
-            assert!(err.contains("terminal, syslog, unix:PATH"), "{bad}: {err}");
+            assert!(err.contains("terminal, syslog, journald"), "{bad}: {err}");
         }
     }
 
@@ -400,6 +499,55 @@ mod tests {
                 "<11>1 - VM(vm7) app 42 user - u2"
             ]
         );
+    }
+
+    #[test]
+    fn with_rotation_only_for_dir() {
+        let dir = LogSink::Dir {
+            path: "/d".into(),
+            rotation: Rotation::default(),
+        };
+        assert_eq!(
+            dir.with_rotation(Some(1024), None),
+            Ok(LogSink::Dir {
+                path: "/d".into(),
+                rotation: Rotation {
+                    max_bytes: 1024,
+                    keep: dir::DEFAULT_ROTATE_KEEP
+                }
+            })
+        );
+        let err = LogSink::Terminal.with_rotation(None, Some(2)).unwrap_err();
+        assert!(err.contains("dir:PATH"), "{err}");
+    }
+
+    #[test]
+    fn forward_dir_sink_writes_id_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink::Dir {
+            path: dir.path().into(),
+            rotation: Rotation::default(),
+        };
+        let fwd = LogForwarder::new("vm7", sink);
+        fwd.forward(false, &[record(b"u1"), record(b"u2")]);
+        let text = std::fs::read_to_string(dir.path().join("vm7.log")).unwrap();
+        assert_eq!(
+            text,
+            "<11>1 - VM(vm7) app 42 user - u1\n<11>1 - VM(vm7) app 42 user - u2\n"
+        );
+    }
+
+    #[test]
+    fn forward_journald_sink_tags_vm_id_and_cid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let fwd = LogForwarder::new("vm7", LogSink::Journald(path)).with_cid(9);
+        fwd.forward(true, &[record(b"k1")]);
+        let (fields, _) = journald::tests::receive(&server);
+        let has = |name: &str, value: &[u8]| fields.iter().any(|(n, v)| n == name && v == value);
+        assert!(has("MESSAGE", b"k1") && has("VM_ID", b"vm7") && has("VM_CID", b"9"));
+        assert!(has("VM_LOG", b"kernel"), "{fields:?}");
     }
 
     #[test]

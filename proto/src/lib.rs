@@ -43,6 +43,11 @@ pub const CRASH_RATE_LIMITED: &str = "crash report rate limit";
 /// without gRPC (crash_collector) can size what it hands to one that sends.
 pub const MAX_MESSAGE_BYTES: i32 = 16 << 20;
 
+/// The RFC 5424 SD-ID under which vm_syslog sends a kmsg record's device dictionary
+/// (` SUBSYSTEM=pci` lines): `kmsg@32473`. 32473 is the documentation enterprise number
+/// (RFC 5612); a project with its own number would put it here.
+pub const KMSG_SD_ID: &str = "kmsg@32473";
+
 /// The vsock port maitred serves `Maitred` on inside the guest.
 pub const MAITRED_PORT: u32 = 8888;
 /// The vsock CID of the host, as seen from a guest.

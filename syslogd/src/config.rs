@@ -9,13 +9,16 @@ use vm_proto::Address;
 pub const USAGE: &str = "\
 usage: vm_syslog [options]
 
-  --socket PATH        the syslog socket to serve (default /dev/log)
+  --socket PATH        the syslog datagram socket to serve (default /dev/log)
+  --stream-socket PATH the syslog stream socket, for SOCK_STREAM-only clients
+                       (default /dev/log-stream; octet-counted or newline-framed)
   --kmsg PATH          the kernel log to read (default /dev/kmsg)
   --no-kmsg            do not read a kernel log
   --host ADDR          the host's LogCollector (default vsock:2:<maitred.host_port>)
   --cmdline FILE       kernel command line with maitred.token (default /proc/cmdline)
   --buffer-bytes N     records kept while the host is away; K and M suffixes (default 8M)
-  --state FILE         where the delivered kmsg position is kept (default /run/vm_syslog.state)
+  --state FILE         the delivered kmsg position and the batch numbering
+                       (default /run/vm_syslog.state)
 
 Exit status: 0 after SIGTERM (everything flushed), 1 on a runtime error, 2 on a usage error.";
 
@@ -24,6 +27,7 @@ pub const DEFAULT_BUFFER_BYTES: usize = 8 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub socket: PathBuf,
+    pub stream_socket: PathBuf,
     /// None: no kernel log (`--no-kmsg`).
     pub kmsg: Option<PathBuf>,
     /// None: `vsock:2:<maitred.host_port>` from the command line.
@@ -37,6 +41,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: PathBuf::from("/dev/log"),
+            stream_socket: PathBuf::from("/dev/log-stream"),
             kmsg: Some(PathBuf::from("/dev/kmsg")),
             host: None,
             cmdline: PathBuf::from("/proc/cmdline"),
@@ -103,6 +108,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, UsageError> {
         };
         match flag {
             "--socket" => config.socket = value()?.into(),
+            "--stream-socket" => config.stream_socket = value()?.into(),
             "--kmsg" => config.kmsg = Some(value()?.into()),
             "--host" => {
                 let text = value()?;
@@ -138,6 +144,8 @@ mod tests {
         let got = parse_args(&args(&[
             "--socket",
             "/tmp/log",
+            "--stream-socket",
+            "/tmp/log-stream",
             "--kmsg",
             "/tmp/kmsg",
             "--host",
@@ -154,6 +162,7 @@ mod tests {
             got,
             Command::Run(Config {
                 socket: "/tmp/log".into(),
+                stream_socket: "/tmp/log-stream".into(),
                 kmsg: Some("/tmp/kmsg".into()),
                 host: Some(Address::Unix("/tmp/host.sock".into())),
                 cmdline: "/tmp/cmdline".into(),

@@ -12,10 +12,11 @@ use vm_proto::{Connector, GuestParams};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
+use crate::delivery_state::{read_boot_id, DeliveryState, BOOT_ID_PATH};
 use crate::devlog::{DevLog, DevLogError};
+use crate::devlog_stream::StreamLog;
 use crate::grpc_collector::GrpcCollector;
 use crate::kmsg_reader::KmsgReader;
-use crate::kmsg_state::{read_boot_id, KmsgState, BOOT_ID_PATH};
 use crate::sender::{Sender, SenderConfig};
 
 /// Records are sent in batches of about this many bytes.
@@ -60,24 +61,24 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let devlog = DevLog::bind(&config.socket).map_err(DaemonError::DevLog)?;
     let b = buffer.clone();
     spawn("devlog", move || devlog.run(b))?;
+    let stream_log = StreamLog::bind(&config.stream_socket).map_err(DaemonError::DevLog)?;
+    let b = buffer.clone();
+    spawn("devlog-accept", move || stream_log.run(b))?;
 
-    let state = KmsgState::new(config.state.clone(), read_boot_id(BOOT_ID_PATH.as_ref()));
-    let kmsg_state = match &config.kmsg {
-        None => None,
-        Some(path) => match KmsgReader::open(path, state.load()) {
+    let state = DeliveryState::open(config.state.clone(), read_boot_id(BOOT_ID_PATH.as_ref()));
+    if let Some(path) = &config.kmsg {
+        match KmsgReader::open(path, state.kmsg_delivered()) {
             Ok(reader) => {
                 let b = buffer.clone();
                 spawn("kmsg", move || {
                     let _ = reader.run(b);
                 })?;
-                Some(state)
             }
             Err(e) => {
                 crate::warn!("vm_syslog: {e}; serving {} only", config.socket.display());
-                None
             }
-        },
-    };
+        }
+    }
 
     let stopper = buffer.clone();
     spawn("signals", move || {
@@ -92,10 +93,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ..SenderConfig::default()
     };
     let stats = Sender::new(&buffer, GrpcCollector::new(connector), sender_config)
-        .with_kmsg_state(kmsg_state)
+        .with_state(state)
         .run();
     // Senders now fail fast instead of filling a queue nobody reads.
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.stream_socket);
     if stats.abandoned > 0 {
         crate::warn!(
             "vm_syslog: stopped with {} records undelivered",

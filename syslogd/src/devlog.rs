@@ -79,7 +79,7 @@ pub struct DevLog {
 }
 
 /// Removes a socket left by an earlier run; anything else at `path` is an error.
-fn remove_stale(path: &Path) -> Result<(), DevLogError> {
+pub(crate) fn remove_stale(path: &Path) -> Result<(), DevLogError> {
     vm_proto::transport::remove_stale_socket(path).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
             DevLogError::NotASocket(path.to_path_buf())

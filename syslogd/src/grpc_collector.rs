@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use protobuf::RepeatedField;
 use vm_proto::protos::common::Timestamp as ProtoTimestamp;
-use vm_proto::protos::host::{LogRecord, LogRequest, LogSeverity};
+use vm_proto::protos::host::{LogRecord, LogRequest, LogSeverity, SdElement, SdParam};
 use vm_proto::protos::host_grpc::LogCollectorClient;
 use vm_proto::{CallError, Connector};
 
+use crate::delivery_state::BatchId;
 use crate::record::{Kind, Record};
 use crate::sender::Collector;
 
@@ -32,6 +33,17 @@ pub fn to_log_record(record: &Record) -> LogRecord {
     out.set_app_name(record.app_name.clone());
     out.set_pid(record.pid);
     out.set_truncated(record.truncated);
+    if !record.kernel_dict.is_empty() {
+        let mut element = SdElement::new();
+        element.set_id(vm_proto::KMSG_SD_ID.into());
+        for (key, value) in &record.kernel_dict {
+            let mut param = SdParam::new();
+            param.set_name(key.clone());
+            param.set_value(value.clone());
+            element.mut_params().push(param);
+        }
+        out.mut_structured_data().push(element);
+    }
     out
 }
 
@@ -48,8 +60,10 @@ impl GrpcCollector {
 impl Collector for GrpcCollector {
     type Error = CallError;
 
-    fn send(&mut self, kind: Kind, records: &[Record]) -> Result<(), CallError> {
+    fn send(&mut self, kind: Kind, id: &BatchId, records: &[Record]) -> Result<(), CallError> {
         let mut request = LogRequest::new();
+        request.set_boot_id(id.stream.clone());
+        request.set_sequence(id.number);
         request.set_records(RepeatedField::from_vec(
             records.iter().map(to_log_record).collect(),
         ));
@@ -107,7 +121,13 @@ mod tests {
         r.pid = 42;
         r.set_content(b"bad \xff bytes");
         r.truncated = true;
+        r.kernel_dict = vec![("SUBSYSTEM".into(), "pci".into())];
         let l = to_log_record(&r);
+        let sd = l.get_structured_data();
+        assert_eq!(sd.len(), 1);
+        assert_eq!(sd[0].get_id(), "kmsg@32473");
+        let p = &sd[0].get_params()[0];
+        assert_eq!((p.get_name(), p.get_value()), ("SUBSYSTEM", "pci"));
         assert_eq!(l.get_severity(), LogSeverity::ERROR);
         assert_eq!(l.get_facility(), 3);
         assert_eq!(l.get_timestamp().get_seconds(), 1_795_743_040);

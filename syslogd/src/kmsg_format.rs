@@ -1,5 +1,8 @@
 //! Parses /dev/kmsg records: `PRI,SEQ,USEC,FLAGS[,…];TEXT\n` followed by ` KEY=value\n`
-//! continuation lines (the device dictionary, which is dropped). The kernel escapes
+//! continuation lines (the device dictionary: `SUBSYSTEM=pci`, `DEVICE=+pci:0000:00:01.0`),
+//! which become the record's structured data. At most [`DICT_MAX`] entries are kept; a key
+//! is cut to RFC 5424's 32 characters with anything but printable ASCII (and `=`, space,
+//! `]`, `"`) made `_`; a value is unescaped like the text, at most [`DICT_VALUE_MAX`] bytes. The kernel escapes
 //! non-printable bytes and `\` in TEXT as `\xNN`; they are unescaped here, so the content is
 //! what was logged (the host escapes it again for its own log).
 //!
@@ -11,6 +14,13 @@ use std::fmt;
 use crate::record::{Record, Timestamp};
 use crate::syslog_format;
 
+/// Dictionary entries kept per record (the kernel writes two or three).
+pub const DICT_MAX: usize = 16;
+/// Longest dictionary value kept, in bytes.
+pub const DICT_VALUE_MAX: usize = 256;
+/// RFC 5424's limit on an SD-NAME.
+const DICT_KEY_MAX: usize = 32;
+
 /// One record read from /dev/kmsg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KmsgEntry {
@@ -20,6 +30,29 @@ pub struct KmsgEntry {
     /// Microseconds since boot (CLOCK_MONOTONIC).
     pub usec: u64,
     pub text: Vec<u8>,
+    /// The continuation lines, as (key, value).
+    pub dict: Vec<(String, String)>,
+}
+
+/// One ` KEY=value` line (without its leading space), or None if it has no `=` or key.
+fn dict_entry(line: &[u8]) -> Option<(String, String)> {
+    let eq = line.iter().position(|&c| c == b'=')?;
+    if eq == 0 {
+        return None;
+    }
+    let key: String = line[..eq]
+        .iter()
+        .take(DICT_KEY_MAX)
+        .map(|&c| match c {
+            b'=' | b' ' | b']' | b'"' => '_',
+            c if c.is_ascii_graphic() => c as char,
+            _ => '_',
+        })
+        .collect();
+    let mut value = unescape(&line[eq + 1..]);
+    value.truncate(DICT_VALUE_MAX);
+    let value = crate::record::redact_token(&value).unwrap_or(value);
+    Some((key, String::from_utf8_lossy(&value).into_owned()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +113,7 @@ pub fn unescape(text: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Parses one record (its header line; continuation lines are ignored).
+/// Parses one record: its header line and its continuation lines.
 pub fn parse_record(record: &[u8]) -> Result<KmsgEntry, KmsgError> {
     let line_end = record
         .iter()
@@ -97,11 +130,18 @@ pub fn parse_record(record: &[u8]) -> Result<KmsgEntry, KmsgError> {
     let seq = number(next("sequence")?, "sequence")?;
     let usec = number(next("timestamp")?, "timestamp")?;
     // FLAGS and any later fields: nothing vm_syslog needs.
+    let dict = record[line_end..]
+        .split(|&c| c == b'\n')
+        .filter_map(|l| l.strip_prefix(b" "))
+        .filter_map(dict_entry)
+        .take(DICT_MAX)
+        .collect();
     Ok(KmsgEntry {
         pri: u32::try_from(pri).map_err(|_| KmsgError::BadField { field: "priority" })?,
         seq,
         usec,
         text: unescape(&line[semi + 1..]),
+        dict,
     })
 }
 
@@ -144,6 +184,7 @@ impl KmsgEntry {
         let mut record = Record::new(0, timestamp);
         record.severity = (self.pri & 7) as u8;
         record.facility = (self.pri >> 3).min(23) as u8;
+        record.kernel_dict = self.dict.clone();
         if record.facility == 0 {
             record.set_content(&self.text);
             return record;
@@ -192,13 +233,39 @@ mod tests {
     }
 
     #[test]
-    fn parse_record_dictionary_is_dropped() {
+    fn parse_record_dictionary_becomes_key_values() {
         let e = parse_record(DICT).unwrap();
         assert_eq!(e.seq, 193);
         assert_eq!(
             e.text,
             b"acpi PNP0A08:00: _OSC: OS supports [ExtendedConfig]".to_vec()
         );
+        let want = [("SUBSYSTEM", "acpi"), ("DEVICE", "+acpi:PNP0A08:00")];
+        let got: Vec<(&str, &str)> = e.dict.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(got, want);
+        let r = e.to_record(Timestamp::default());
+        assert_eq!(r.kernel_dict, e.dict);
+    }
+
+    #[test]
+    fn parse_record_hostile_dictionary_is_bounded_and_cleaned() {
+        let mut raw = b"6,1,2,-;t\n".to_vec();
+        raw.extend_from_slice(b" no equals sign\n =empty key\n");
+        raw.extend_from_slice(b" K\x22 ]Y=a\\x0ab maitred.token=abcd\n");
+        raw.extend_from_slice(format!(" {}=v\n", "L".repeat(100)).as_bytes());
+        raw.extend_from_slice(format!(" BIG={}\n", "x".repeat(1000)).as_bytes());
+        for i in 0..40 {
+            raw.extend_from_slice(format!(" N{i}=v\n").as_bytes());
+        }
+        let e = parse_record(&raw).unwrap();
+        assert_eq!(e.dict.len(), DICT_MAX);
+        assert_eq!(
+            e.dict[0].0, "K___Y",
+            "quote, space and ] are not SD-NAME characters"
+        );
+        assert_eq!(e.dict[0].1, "a\nb maitred.token=<redacted>");
+        assert_eq!(e.dict[1].0, "L".repeat(32));
+        assert_eq!(e.dict[2].1.len(), DICT_VALUE_MAX);
     }
 
     #[test]

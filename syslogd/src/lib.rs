@@ -2,10 +2,13 @@
 //! with nothing lost while its buffer has room.
 //!
 //! - `record`: one record; `time`: RFC 3164 / RFC 3339 timestamps.
-//! - `syslog_format`: parses /dev/log datagrams; `kmsg_format`: parses /dev/kmsg records.
+//! - `syslog_format`: parses /dev/log datagrams; `kmsg_format`: parses /dev/kmsg records;
+//!   `stream_frame`: cuts the stream socket's bytes into messages.
 //! - `buffer`: the bounded buffer (drops the oldest, counts them); `sender`: batches,
-//!   retries with backoff, reports drops; `kmsg_state`: the delivered kmsg position.
-//! - With the `daemon` feature: `config` (flags), `devlog` and `kmsg_reader` (the reader
+//!   retries with backoff, reports drops; `delivery_state`: the delivered kmsg position
+//!   and the batch numbering (exactly-once), kept across restarts.
+//! - With the `daemon` feature: `config` (flags), `devlog`, `devlog_stream` and
+//!   `kmsg_reader` (the reader
 //!   threads), `grpc_collector` (the host calls) and `daemon` (the wiring).
 //!
 //! Without the `daemon` feature only the pure parts build (no gRPC): the fuzz targets.
@@ -24,10 +27,11 @@ macro_rules! warn {
 }
 
 pub mod buffer;
+pub mod delivery_state;
 pub mod kmsg_format;
-pub mod kmsg_state;
 pub mod record;
 pub mod sender;
+pub mod stream_frame;
 pub mod syslog_format;
 pub mod time;
 
@@ -37,6 +41,8 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "daemon")]
 pub mod devlog;
+#[cfg(feature = "daemon")]
+pub mod devlog_stream;
 #[cfg(feature = "daemon")]
 pub mod grpc_collector;
 #[cfg(feature = "daemon")]

@@ -68,6 +68,9 @@ pub struct Record {
     pub pid: u32,
     pub content: Vec<u8>,
     pub truncated: bool,
+    /// A kmsg record's device dictionary (` KEY=value` lines), in order: sent to the host
+    /// as the structured-data element `vm_proto::KMSG_SD_ID`.
+    pub kernel_dict: Vec<(String, String)>,
 }
 
 impl Record {
@@ -81,6 +84,7 @@ impl Record {
             pid: 0,
             content: Vec::new(),
             truncated: false,
+            kernel_dict: Vec::new(),
         }
     }
 
@@ -105,7 +109,12 @@ impl Record {
 
     /// What the record costs the buffer, roughly what it costs on the wire.
     pub fn cost(&self) -> usize {
-        self.content.len() + self.app_name.len() + RECORD_OVERHEAD
+        let dict: usize = self
+            .kernel_dict
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.content.len() + self.app_name.len() + dict + RECORD_OVERHEAD
     }
 }
 

@@ -4,6 +4,10 @@
 //! Once a call succeeds again, the records the buffer dropped meanwhile are reported in one
 //! synthetic record, `vm_syslog: dropped N records …`, exactly where they are missing.
 //!
+//! Each batch gets its (stream, number) id from the [`DeliveryState`] before its first
+//! call, and every retry sends the same id: the host writes a batch once even when its
+//! answer was lost and the batch came again (exactly-once delivery).
+//!
 //! On stop, everything waiting is flushed; batches the host still refuses after the flush
 //! deadline are given up (and counted on stderr), because the guest is shutting down.
 
@@ -12,13 +16,13 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Batch, Buffer};
-use crate::kmsg_state::KmsgState;
+use crate::delivery_state::{BatchId, DeliveryState};
 use crate::record::{Kind, Record, Timestamp};
 
 /// Delivers one batch to the host.
 pub trait Collector {
     type Error: fmt::Display;
-    fn send(&mut self, kind: Kind, records: &[Record]) -> Result<(), Self::Error>;
+    fn send(&mut self, kind: Kind, id: &BatchId, records: &[Record]) -> Result<(), Self::Error>;
 }
 
 #[derive(Debug, Clone)]
@@ -78,10 +82,10 @@ pub struct Sender<'a, C: Collector> {
     buffer: &'a Buffer,
     collector: C,
     config: SenderConfig,
-    kmsg_state: Option<KmsgState>,
+    state: DeliveryState,
     stats: SenderStats,
     stop_seen: Option<Instant>,
-    /// Saving the kmsg position failed this often (reported the first time only).
+    /// Saving the delivery state failed this often (reported the first time only).
     state_errors: u64,
     /// Failing since, with the last time that was reported.
     failing: Option<(Instant, Instant)>,
@@ -94,7 +98,7 @@ impl<'a, C: Collector> Sender<'a, C> {
             buffer,
             collector,
             config,
-            kmsg_state: None,
+            state: DeliveryState::in_memory(""),
             stats: SenderStats::default(),
             stop_seen: None,
             state_errors: 0,
@@ -103,9 +107,10 @@ impl<'a, C: Collector> Sender<'a, C> {
         }
     }
 
-    /// Saves the last delivered kmsg sequence number here after each kernel batch.
-    pub fn with_kmsg_state(mut self, state: Option<KmsgState>) -> Self {
-        self.kmsg_state = state;
+    /// Numbers batches from, and saves the last delivered kmsg sequence number to, `state`
+    /// (by default a fresh stream in memory).
+    pub fn with_state(mut self, state: DeliveryState) -> Self {
+        self.state = state;
         self
     }
 
@@ -153,20 +158,18 @@ impl<'a, C: Collector> Sender<'a, C> {
 
     /// Sends until it succeeds (true) or, once stopping, the flush deadline passes (false).
     fn deliver(&mut self, kind: Kind, records: &[Record], kmsg_seq: Option<u64>) -> bool {
+        let (id, error) = self.state.next_batch();
+        if let Some(e) = error {
+            self.state_failed(&e, "batches are numbered in memory only now");
+        }
         let mut backoff = self.config.backoff_min;
         loop {
-            match self.collector.send(kind, records) {
+            match self.collector.send(kind, &id, records) {
                 Ok(()) => {
                     self.succeeded(records.len());
-                    if let (Some(state), Some(seq)) = (&self.kmsg_state, kmsg_seq) {
-                        if let Err(e) = state.save(seq) {
-                            self.state_errors += 1;
-                            if self.state_errors == 1 {
-                                let _ = writeln!(
-                                    self.err,
-                                    "vm_syslog: {e}; a restart may send kernel records twice"
-                                );
-                            }
+                    if let Some(seq) = kmsg_seq {
+                        if let Err(e) = self.state.kmsg_acknowledged(seq) {
+                            self.state_failed(&e, "a restart may send kernel records twice");
                         }
                     }
                     return true;
@@ -190,6 +193,13 @@ impl<'a, C: Collector> Sender<'a, C> {
                     backoff = (backoff * 2).min(self.config.backoff_max);
                 }
             }
+        }
+    }
+
+    fn state_failed(&mut self, e: &crate::delivery_state::StateError, consequence: &str) {
+        self.state_errors += 1;
+        if self.state_errors == 1 {
+            let _ = writeln!(self.err, "vm_syslog: {e}; {consequence}");
         }
     }
 
@@ -240,12 +250,14 @@ mod tests {
         down: Arc<Mutex<bool>>,
         got: Arc<Mutex<Vec<(Kind, String)>>>,
         calls: Arc<Mutex<u64>>,
+        ids: Arc<Mutex<Vec<BatchId>>>,
     }
 
     impl Collector for Mock {
         type Error = String;
-        fn send(&mut self, kind: Kind, records: &[Record]) -> Result<(), String> {
+        fn send(&mut self, kind: Kind, id: &BatchId, records: &[Record]) -> Result<(), String> {
             *self.calls.lock().unwrap() += 1;
+            self.ids.lock().unwrap().push(id.clone());
             if *self.down.lock().unwrap() {
                 return Err("host down".into());
             }
@@ -390,16 +402,45 @@ mod tests {
     #[test]
     fn run_kernel_batch_saves_its_last_sequence_number() {
         let dir = tempfile::tempdir().unwrap();
-        let state = KmsgState::new(dir.path().join("seq"), "b".into());
+        let path = dir.path().join("seq");
         let buffer = Buffer::new(1 << 20, 1 << 16);
         buffer.push(Kind::Kernel, rec("k5"), Some(5));
         buffer.push(Kind::Kernel, rec("k6"), Some(6));
         buffer.stop();
         let mock = Mock::default();
         Sender::new(&buffer, mock.clone(), fast())
-            .with_kmsg_state(Some(state.clone()))
+            .with_state(DeliveryState::open(path.clone(), "b".into()))
             .run();
-        assert_eq!(state.load(), Some(6));
+        let reopened = DeliveryState::open(path, "b".into());
+        assert_eq!(reopened.kmsg_delivered(), Some(6));
         assert_eq!(mock.got.lock().unwrap()[0], (Kind::Kernel, "k5".into()));
+    }
+
+    #[test]
+    fn run_retries_resend_the_same_batch_id_and_new_batches_get_the_next() {
+        let buffer = Arc::new(Buffer::new(1 << 20, 1));
+        let mock = Mock::default();
+        *mock.down.lock().unwrap() = true;
+        let (b, m) = (buffer.clone(), mock.clone());
+        let sender = std::thread::spawn(move || {
+            Sender::new(&b, m, fast())
+                .with_error_output(Vec::new())
+                .run()
+        });
+        buffer.push(Kind::User, rec("a"), None);
+        while *mock.calls.lock().unwrap() < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        *mock.down.lock().unwrap() = false;
+        buffer.push(Kind::User, rec("b"), None);
+        std::thread::sleep(Duration::from_millis(50));
+        buffer.stop();
+        sender.join().unwrap();
+        let ids = mock.ids.lock().unwrap().clone();
+        let numbers: Vec<u64> = ids.iter().map(|i| i.number).collect();
+        let retries = numbers.iter().filter(|&&n| n == 1).count();
+        assert!(retries >= 3, "{numbers:?}");
+        assert_eq!(numbers[retries..], [2], "{numbers:?}");
+        assert!(ids.iter().all(|i| i.stream == ids[0].stream));
     }
 }

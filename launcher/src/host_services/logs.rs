@@ -4,6 +4,10 @@
 //! block for up to a second). The worker replies after writing, so a guest that outruns the
 //! host still waits for it; a full queue refuses the call (UNAVAILABLE: the guest keeps the
 //! records and retries).
+//!
+//! Exactly-once: a request that carries a batch id (`boot_id`, `sequence`) is written at most
+//! once ([`Written`]); the same batch again (its answer was lost, the guest retried) is
+//! answered OK and not written. Requests without an id (older guests) are written every time.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use grpcio::{RpcContext, RpcStatusCode, UnarySink};
 use vm_proto::protos::common::EmptyMessage;
-use vm_proto::protos::host::LogRecord;
+use vm_proto::protos::host::{LogRecord, LogRequest};
 
 use super::limits::{Limits, TokenBucket};
 use super::note;
@@ -63,8 +67,59 @@ impl Limiter {
     }
 }
 
+/// Streams whose last written batch is remembered; a guest starts a new one per boot (and
+/// when it cannot save its numbering), so a few are plenty. The oldest is forgotten first.
+pub const STREAMS_KEPT: usize = 16;
+
+/// The batch id of a request, if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchId {
+    pub stream: String,
+    pub number: u64,
+}
+
+impl BatchId {
+    pub fn of(request: &LogRequest) -> Option<BatchId> {
+        let stream = request.get_boot_id();
+        let number = request.get_sequence();
+        (!stream.is_empty() && number > 0).then(|| BatchId {
+            stream: stream.to_string(),
+            number,
+        })
+    }
+}
+
+/// The last batch number written per stream. Numbers of one stream only grow (the guest
+/// sends one batch at a time and never reuses a number), so anything at or below the last
+/// one written was written.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// (stream, last number written), oldest stream first.
+    streams: std::collections::VecDeque<(String, u64)>,
+}
+
+impl Written {
+    pub fn contains(&self, id: &BatchId) -> bool {
+        self.streams
+            .iter()
+            .any(|(stream, last)| *stream == id.stream && id.number <= *last)
+    }
+
+    pub fn insert(&mut self, id: &BatchId) {
+        if let Some(entry) = self.streams.iter_mut().find(|(s, _)| *s == id.stream) {
+            entry.1 = entry.1.max(id.number);
+            return;
+        }
+        if self.streams.len() >= STREAMS_KEPT {
+            self.streams.pop_front();
+        }
+        self.streams.push_back((id.stream.clone(), id.number));
+    }
+}
+
 struct Shared {
     limiter: Mutex<Limiter>,
+    written: Mutex<Written>,
     counters: Arc<Counters>,
     forwarder: Arc<LogForwarder>,
     notice_every: Duration,
@@ -73,6 +128,10 @@ struct Shared {
 impl Shared {
     fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
         self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// When the pending notice is due, if there is one.
@@ -105,6 +164,7 @@ impl Shared {
 
 struct LogJob {
     kernel: bool,
+    batch: Option<BatchId>,
     records: Vec<LogRecord>,
     sink: UnarySink<EmptyMessage>,
 }
@@ -128,6 +188,7 @@ impl LogGate {
                 bytes: TokenBucket::new(limits.log_bytes, now),
                 dropped: Dropped::default(),
             }),
+            written: Mutex::new(Written::default()),
             counters,
             forwarder: Arc::new(forwarder),
             notice_every: limits.log_notice_every,
@@ -146,12 +207,21 @@ impl LogGate {
         &self,
         ctx: &RpcContext,
         kernel: bool,
-        records: Vec<LogRecord>,
+        mut request: LogRequest,
         sink: UnarySink<EmptyMessage>,
     ) {
+        let batch = BatchId::of(&request);
+        // Written already: the guest's retry of a batch whose answer was lost.
+        if batch
+            .as_ref()
+            .is_some_and(|b| self.shared.written().contains(b))
+        {
+            return reply::on_grpc_thread(ctx, sink, Ok(EmptyMessage::new()));
+        }
         if self.queue.is_full() {
             return self.busy(ctx, sink);
         }
+        let records = request.take_records().into_vec();
         let (kept, records_out, bytes_out) = self.shared.limiter().admit(records, Instant::now());
         if records_out > 0 {
             let c = &self.shared.counters;
@@ -165,6 +235,7 @@ impl LogGate {
         }
         let job = LogJob {
             kernel,
+            batch,
             records: kept,
             sink,
         };
@@ -202,7 +273,18 @@ fn write_loop(shared: &Shared, jobs: &Receiver<LogJob>) {
         });
         match jobs.recv_timeout(wait) {
             Ok(job) => {
-                shared.forwarder.forward(job.kernel, &job.records);
+                // The same batch may be queued twice (the guest's call timed out while its
+                // first copy waited here): the second one finds it written.
+                let fresh = job
+                    .batch
+                    .as_ref()
+                    .is_none_or(|b| !shared.written().contains(b));
+                if fresh {
+                    shared.forwarder.forward(job.kernel, &job.records);
+                    if let Some(batch) = &job.batch {
+                        shared.written().insert(batch);
+                    }
+                }
                 reply::from_worker(job.sink, Ok(EmptyMessage::new()));
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -234,6 +316,49 @@ mod tests {
             bytes: TokenBucket::new(bytes, now),
             dropped: Dropped::default(),
         }
+    }
+
+    fn id(stream: &str, number: u64) -> BatchId {
+        BatchId {
+            stream: stream.into(),
+            number,
+        }
+    }
+
+    #[test]
+    fn batch_id_of_old_requests_is_none() {
+        let mut req = LogRequest::new();
+        assert_eq!(BatchId::of(&req), None);
+        req.set_boot_id("b.1".into());
+        assert_eq!(BatchId::of(&req), None, "sequence 0");
+        req.set_sequence(7);
+        assert_eq!(BatchId::of(&req), Some(id("b.1", 7)));
+        req.set_boot_id(String::new());
+        assert_eq!(BatchId::of(&req), None, "no stream");
+    }
+
+    #[test]
+    fn written_remembers_per_stream_up_to_the_last_number() {
+        let mut w = Written::default();
+        assert!(!w.contains(&id("a", 1)));
+        w.insert(&id("a", 1));
+        w.insert(&id("a", 3));
+        assert!(w.contains(&id("a", 1)) && w.contains(&id("a", 2)) && w.contains(&id("a", 3)));
+        assert!(!w.contains(&id("a", 4)));
+        assert!(!w.contains(&id("b", 1)), "another stream counts alone");
+        w.insert(&id("a", 2));
+        assert!(w.contains(&id("a", 3)), "never goes back");
+    }
+
+    #[test]
+    fn written_forgets_the_oldest_stream_past_the_limit() {
+        let mut w = Written::default();
+        for s in 0..=STREAMS_KEPT {
+            w.insert(&id(&s.to_string(), 5));
+        }
+        assert!(!w.contains(&id("0", 5)));
+        assert!(w.contains(&id("1", 5)));
+        assert!(w.contains(&id(&STREAMS_KEPT.to_string(), 5)));
     }
 
     #[test]

@@ -118,21 +118,19 @@ impl LogCollector for Services {
     fn collect_kernel_logs(
         &mut self,
         ctx: RpcContext,
-        mut req: LogRequest,
+        req: LogRequest,
         sink: UnarySink<EmptyMessage>,
     ) {
-        self.logs
-            .submit(&ctx, true, req.take_records().into_vec(), sink);
+        self.logs.submit(&ctx, true, req, sink);
     }
 
     fn collect_user_logs(
         &mut self,
         ctx: RpcContext,
-        mut req: LogRequest,
+        req: LogRequest,
         sink: UnarySink<EmptyMessage>,
     ) {
-        self.logs
-            .submit(&ctx, false, req.take_records().into_vec(), sink);
+        self.logs.submit(&ctx, false, req, sink);
     }
 }
 

@@ -109,6 +109,42 @@ impl DatagramOut {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
+    /// Sends an empty datagram carrying `fd` (SCM_RIGHTS), within [`SEND_TIMEOUT`],
+    /// reconnecting once if the daemon went away.
+    pub fn send_fd(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let fds = [fd.as_raw_fd()];
+        let mut reconnected = false;
+        loop {
+            let result = self.connect().and_then(|socket| {
+                socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+                let cmsg = [ControlMessage::ScmRights(&fds)];
+                sendmsg::<()>(socket.as_raw_fd(), &[], &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                    .map(|_| ())
+                    .map_err(io::Error::from)
+            });
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.socket = None;
+                    let gone = matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNREFUSED | libc::ENOTCONN | libc::ENOENT)
+                    );
+                    if gone && !reconnected {
+                        reconnected = true;
+                        continue;
+                    }
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", self.path.display()),
+                    ));
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
     /// Sends every line within [`SEND_TIMEOUT`], reconnecting once if the daemon went away.
     pub fn send(&mut self, lines: &[&[u8]]) -> Outcome {
         let deadline = Instant::now() + SEND_TIMEOUT;

@@ -14,6 +14,10 @@
 //!   characters); `kernel` for kernel records that name none; `-` otherwise.
 //! - PROCID: the guest pid, or `-`. MSGID: `kernel` or `user`, by the host call that
 //!   brought the record, so a guest program cannot pass for the guest kernel there.
+//! - STRUCTURED-DATA: the record's elements (the kmsg device dictionary as
+//!   `[kmsg@32473 SUBSYSTEM="pci" DEVICE="+pci:0000:00:01.0"]`), SD-IDs and names cut to
+//!   32 printable characters without `=`, space, `]` or `"`, values scrubbed and with `"`,
+//!   `\` and `]` escaped by a backslash (RFC 5424 §6.3.3); `-` when there are none.
 //! - MSG: the content scrubbed ([`scrub`]: no raw newline or control character ever),
 //!   with ` [truncated]` when the guest cut it.
 //!
@@ -71,6 +75,50 @@ fn header_field(text: &str, max: usize) -> String {
     }
 }
 
+/// An SD-ID or SD-NAME: printable ASCII except `=`, space, `]` and `"`, at most 32.
+fn sd_name(text: &str) -> String {
+    let name: String = text
+        .chars()
+        .take(32)
+        .map(|c| match c {
+            '=' | ' ' | ']' | '"' => '_',
+            c if c.is_ascii_graphic() => c,
+            _ => '_',
+        })
+        .collect();
+    if name.is_empty() {
+        "_".into()
+    } else {
+        name
+    }
+}
+
+/// The STRUCTURED-DATA field: `-`, or `[id name="value" …]…`.
+pub fn structured_data(record: &LogRecord) -> String {
+    let mut out = String::new();
+    for element in record.get_structured_data() {
+        out.push('[');
+        out.push_str(&sd_name(element.get_id()));
+        for param in element.get_params() {
+            out.push(' ');
+            out.push_str(&sd_name(param.get_name()));
+            out.push_str("=\"");
+            for c in scrub(param.get_value().as_bytes()).chars() {
+                if matches!(c, '"' | '\\' | ']') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+        out.push(']');
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    out
+}
+
 /// The `VM(<id>)` HOSTNAME every line of this VM carries.
 pub fn vm_tag(vm_id: &str) -> String {
     header_field(&format!("VM({vm_id})"), 255)
@@ -93,8 +141,9 @@ pub fn line(tag: &str, kernel: bool, record: &LogRecord) -> String {
         msg.push_str(" [truncated]");
     }
     format!(
-        "<{pri}>1 {} {tag} {app} {pid} {msgid} - {msg}",
-        timestamp(record)
+        "<{pri}>1 {} {tag} {app} {pid} {msgid} {} {msg}",
+        timestamp(record),
+        structured_data(record)
     )
 }
 
@@ -150,6 +199,31 @@ mod tests {
              a#012b#015#033[31m \u{fffd} [truncated]"
         );
         assert!(!l.contains('\n') && !l.contains('\r'));
+    }
+
+    #[test]
+    fn line_kmsg_dictionary_is_structured_data_escaped() {
+        use vm_proto::protos::host::{SdElement, SdParam};
+        let mut r = record(LogSeverity::INFO, "", 0, b"probed");
+        let mut sd = SdElement::new();
+        sd.set_id(vm_proto::KMSG_SD_ID.into());
+        for (name, value) in [
+            ("SUBSYSTEM", "pci"),
+            ("DEVICE", "+pci:0000:00:01.0"),
+            ("ODD NAME]", "q\"b\\s]e\nnl"),
+        ] {
+            let mut p = SdParam::new();
+            p.set_name(name.into());
+            p.set_value(value.into());
+            sd.mut_params().push(p);
+        }
+        r.mut_structured_data().push(sd);
+        assert_eq!(
+            line("VM(vm1)", true, &r),
+            "<14>1 2026-11-26T23:20:56.792737Z VM(vm1) kernel - kernel \
+             [kmsg@32473 SUBSYSTEM=\"pci\" DEVICE=\"+pci:0000:00:01.0\" \
+             ODD_NAME_=\"q\\\"b\\\\s\\]e#012nl\"] probed"
+        );
     }
 
     #[test]

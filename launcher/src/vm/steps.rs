@@ -96,7 +96,7 @@ pub(super) fn start_host_services(
         token.clone(),
         listener,
         backend::peer_filter(lease.cid(), trusted_pid),
-        LogForwarder::new(lease.id(), logs),
+        LogForwarder::new(lease.id(), logs).with_cid(lease.cid()),
         crash,
     )
     .map_err(LaunchError::Server)

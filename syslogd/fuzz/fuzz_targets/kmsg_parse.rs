@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vm_syslog::kmsg_format::{parse_record, split_records, unescape};
+use vm_syslog::kmsg_format::{parse_record, split_records, unescape, DICT_MAX, DICT_VALUE_MAX};
 use vm_syslog::record::{Timestamp, MAX_CONTENT};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,6 +14,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(raw.ends_with(b"\n") && !raw.starts_with(b" "));
         if let Ok(entry) = parse_record(raw) {
             assert!(entry.text.len() <= raw.len());
+            // The device dictionary: bounded, and every key a valid RFC 5424 SD-NAME.
+            assert!(entry.dict.len() <= DICT_MAX);
+            for (key, value) in &entry.dict {
+                assert!(!key.is_empty() && key.len() <= 32);
+                assert!(key
+                    .bytes()
+                    .all(|c| c.is_ascii_graphic() && !b"= ]\"".contains(&c)));
+                // Lossy UTF-8 may grow a value: at most 3 bytes per input byte.
+                assert!(value.len() <= DICT_VALUE_MAX * 3 + "<redacted>".len());
+            }
             for boot in [
                 Timestamp::default(),
                 Timestamp {

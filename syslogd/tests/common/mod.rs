@@ -76,6 +76,8 @@ impl Host {
 pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
+    /// The SOCK_STREAM socket.
+    pub stream_socket: PathBuf,
 }
 
 /// Writes a kernel command line with the VM's token and id.
@@ -98,6 +100,8 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_vm_syslog"))
             .arg("--socket")
             .arg(&socket)
+            .arg("--stream-socket")
+            .arg(dir.join("log-stream"))
             .arg("--host")
             .arg(host.to_string())
             .arg("--cmdline")
@@ -108,7 +112,11 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("start vm_syslog");
-        let mut daemon = Daemon { child, socket };
+        let mut daemon = Daemon {
+            child,
+            socket,
+            stream_socket: dir.join("log-stream"),
+        };
         let socket = daemon.socket.clone();
         wait_for("vm_syslog's socket", Duration::from_secs(10), || {
             if let Ok(Some(status)) = daemon.child.try_wait() {
