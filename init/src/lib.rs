@@ -33,6 +33,7 @@ mod launch;
 mod log;
 mod mounts;
 mod network;
+mod oneshot;
 mod pid1;
 mod reaper;
 mod rpc;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::Receiver;
 use nix::errno::Errno;
 
-use crate::reaper::{Exit, Reaper};
+use crate::reaper::{Exit, OnExit, Reaper};
 use crate::sys::{self, SpawnFailure};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -270,6 +270,25 @@ pub fn spawn_in(mode: Mode, reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawn
     Ok(Spawned { pid, exit, output })
 }
 
+/// Starts `spec` (whose stdio must not be [`Stdio::Capture`]: nobody would read it) and
+/// runs `on_exit` on the reaping thread when it ends; returns its pid. No thread waits. If it
+/// does not start, `on_exit` is dropped unused.
+pub fn spawn_then(
+    mode: Mode,
+    reaper: &Reaper,
+    spec: &ProcessSpec,
+    on_exit: OnExit,
+) -> Result<i32, SpawnError> {
+    let stdio = match (spec.stdio, open_stdio(mode, spec.stdio)) {
+        (Stdio::Capture, _) => Err(SpawnError::Setup {
+            what: "capturing output without a reader",
+            errno: Errno::EINVAL,
+        }),
+        (_, opened) => opened.map(|(stdio, _)| stdio),
+    };
+    start(mode, reaper, spec, stdio?, on_exit)
+}
+
 /// Starts `spec` with `stdio` as its fds 0-2 (`spec.stdio` is not used); returns its pid
 /// and where its exit status will arrive.
 pub fn spawn_with(
@@ -278,23 +297,40 @@ pub fn spawn_with(
     spec: &ProcessSpec,
     stdio: ChildStdio,
 ) -> Result<(i32, Receiver<Exit>), SpawnError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let send: OnExit = Box::new(move |_, exit| {
+        let _ = tx.send(exit);
+    });
+    let pid = start(mode, reaper, spec, stdio, send)?;
+    Ok((pid, rx))
+}
+
+/// Starts the process and registers `on_exit` for it under the reaper's lock, so its exit
+/// cannot be reaped before someone waits for it.
+fn start(
+    mode: Mode,
+    reaper: &Reaper,
+    spec: &ProcessSpec,
+    stdio: ChildStdio,
+    on_exit: OnExit,
+) -> Result<i32, SpawnError> {
     let prepared = prepare(spec)?;
     let registration = reaper.registration();
     let die_with_parent = mode.children_die_with_maitred();
     match sys::spawn_exec(&prepared, &stdio, die_with_parent) {
-        Ok(pid) => Ok((pid, registration.register(pid))),
+        Ok(pid) => {
+            registration.register_call(pid, on_exit);
+            Ok(pid)
+        }
         Err(SpawnFailure::Clone(errno)) => Err(SpawnError::Setup {
             what: "clone",
             errno,
         }),
-        Err(SpawnFailure::Exec { pid, errno }) => {
-            // The child exited 127; registered, so the reaper's status for it has a home.
-            drop(registration.register(pid));
-            Err(SpawnError::Exec {
-                program: spec.argv[0].clone(),
-                errno,
-            })
-        }
+        // The child exited 127; the reaper drops a status nobody registered for.
+        Err(SpawnFailure::Exec { errno, .. }) => Err(SpawnError::Exec {
+            program: spec.argv[0].clone(),
+            errno,
+        }),
     }
 }
 

@@ -38,6 +38,7 @@ struct ChildArgs<'a> {
     envp: &'a [*const c_char],
     fds: [i32; 3],
     die_with_parent: bool,
+    reset_signals: &'a [i32],
     /// 0, or the errno of the step that failed; written by the child, read after it.
     errno: std::sync::atomic::AtomicI32,
 }
@@ -67,6 +68,7 @@ pub fn spawn_exec(
             stdio.stderr.as_raw_fd(),
         ],
         die_with_parent,
+        reset_signals: non_default_signals(),
         errno: std::sync::atomic::AtomicI32::new(0),
     };
     // The stack grows down from its (16-byte aligned) end.
@@ -112,6 +114,26 @@ pub fn spawn_exec(
     }
 }
 
+/// The signals whose disposition is not SIG_DFL here (Rust's runtime ignores SIGPIPE and
+/// catches SIGSEGV and SIGBUS), read once: maitred sets no disposition after start-up, so
+/// a child resets these few instead of making 62 sigaction calls while we wait for it.
+fn non_default_signals() -> &'static [i32] {
+    static SIGNALS: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+    SIGNALS.get_or_init(|| {
+        (1..libc::SIGRTMAX())
+            .filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
+            .filter(|&signal| {
+                // SAFETY: a zeroed sigaction is a valid value for the kernel to overwrite;
+                // a null new action only reads the current one.
+                let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+                // SAFETY: as above; `current` is a live local.
+                let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+                rc != 0 || current.sa_sigaction != libc::SIG_DFL
+            })
+            .collect()
+    })
+}
+
 /// The child of [`spawn_exec`]: sets itself up and execs; never returns.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` spawn_exec passed, alive until we exec or exit.
@@ -148,10 +170,8 @@ unsafe fn child_exec(args: &ChildArgs<'_>) -> ! {
         // A console child gets it as controlling terminal if nobody holds it; not fatal.
         libc::ioctl(0, libc::TIOCSCTTY, 0);
         // Start from a clean signal state: default dispositions, nothing blocked.
-        for signal in 1..libc::SIGRTMAX() {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
-            }
+        for &signal in args.reset_signals {
+            libc::signal(signal, libc::SIG_DFL);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
