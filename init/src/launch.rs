@@ -115,11 +115,15 @@ fn read_bounded(mut pipe: std::fs::File) -> (Vec<u8>, bool) {
 
 /// The VM's application ended: tell the host, then power off.
 pub fn application_ended(ctx: &Context, pid: i32, exit: Exit) {
+    tell_host_application_ended(ctx, pid, exit);
+    ctx.request_shutdown(Shutdown::ApplicationExited);
+}
+
+fn tell_host_application_ended(ctx: &Context, pid: i32, exit: Exit) {
     info!("application (pid {pid}) ended: {exit:?}");
     if let Err(e) = ctx.host.application_exited(pid, exit) {
         error!("cannot tell the host the application's exit status: {e}");
     }
-    ctx.request_shutdown(Shutdown::ApplicationExited);
 }
 
 /// A LaunchProcess reply: the response (LAUNCHED, EXITED, FAILED...) or a refusal.
@@ -218,8 +222,10 @@ pub fn launch_waiting(
         let spawned = std::thread::Builder::new()
             .name("application".into())
             .spawn(move || {
-                application_ended(&ended, pid, exit);
+                // The reply leaves (sent inline) before shutdown cancels the calls.
+                tell_host_application_ended(&ended, pid, exit);
                 on_end(Ok(exited(pid, exit)));
+                ended.request_shutdown(Shutdown::ApplicationExited);
             });
         if let Err(e) = spawned {
             error!("cannot start a thread to report the application's exit: {e}");
