@@ -39,6 +39,12 @@ impl HostLink {
         }
     }
 
+    /// Connects to the host now (one try), so that VmReady, sent once maitred serves, finds
+    /// the connection up. A failure is not an error: VmReady dials again.
+    pub fn connect_ahead(&self) {
+        let _ = self.connector.connect_ahead();
+    }
+
     pub fn vm_ready(&self) -> Result<(), CallError> {
         self.with_retries(|| {
             self.connector.call(CALL_TIMEOUT, |ch, opt| {

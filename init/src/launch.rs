@@ -10,7 +10,7 @@ use vm_proto::protos::guest::{LaunchProcessRequest, LaunchProcessResponse, Proce
 
 use crate::container;
 use crate::context::{Context, Shutdown};
-use crate::reaper::Exit;
+use crate::reaper::{Exit, OnExit};
 use crate::services;
 use crate::spawn::{self, ProcessSpec, SpawnError, Stdio};
 use crate::{error, info};
@@ -115,31 +115,43 @@ fn read_bounded(mut pipe: std::fs::File) -> (Vec<u8>, bool) {
 
 /// The VM's application ended: tell the host, then power off.
 pub fn application_ended(ctx: &Context, pid: i32, exit: Exit) {
+    tell_host_application_ended(ctx, pid, exit);
+    ctx.request_shutdown(Shutdown::ApplicationExited);
+}
+
+fn tell_host_application_ended(ctx: &Context, pid: i32, exit: Exit) {
     info!("application (pid {pid}) ended: {exit:?}");
     if let Err(e) = ctx.host.application_exited(pid, exit) {
         error!("cannot tell the host the application's exit status: {e}");
     }
-    ctx.request_shutdown(Shutdown::ApplicationExited);
 }
 
-/// Runs a validated request. Blocks until the process exits when the request waits.
-pub fn launch(
-    ctx: &Arc<Context>,
-    req: &LaunchProcessRequest,
-) -> Result<LaunchProcessResponse, RpcStatus> {
-    let mut spec = validate(req)?;
-    if req.has_container() {
-        spec = match container::wrap(req.get_container(), &ctx.vm_id, spec) {
-            Ok(wrapped) => wrapped,
-            Err(e) => {
-                let mut resp = LaunchProcessResponse::new();
-                resp.set_status(ProcessStatus::FAILED);
-                resp.set_code(e.errno());
-                resp.set_reason(e.to_string());
-                return Ok(resp);
-            }
-        };
+/// A LaunchProcess reply: the response (LAUNCHED, EXITED, FAILED...) or a refusal.
+pub type Outcome = Result<LaunchProcessResponse, RpcStatus>;
+
+/// The process the request describes (wrapped for its container), or, as `Err`, the reply
+/// that refuses it.
+fn spec_for(ctx: &Context, req: &LaunchProcessRequest) -> Result<ProcessSpec, Outcome> {
+    let spec = validate(req).map_err(Err)?;
+    if !req.has_container() {
+        return Ok(spec);
     }
+    container::wrap(req.get_container(), &ctx.vm_id, spec).map_err(|e| {
+        let mut resp = LaunchProcessResponse::new();
+        resp.set_status(ProcessStatus::FAILED);
+        resp.set_code(e.errno());
+        resp.set_reason(e.to_string());
+        Ok(resp)
+    })
+}
+
+/// Runs a request. Blocks until the process exits only when the request waits for it and
+/// captures its output; a waiting request without capture goes to [`launch_waiting`].
+pub fn launch(ctx: &Arc<Context>, req: &LaunchProcessRequest) -> Outcome {
+    let spec = match spec_for(ctx, req) {
+        Ok(spec) => spec,
+        Err(outcome) => return outcome,
+    };
     if req.get_respawn() {
         let name = spec.argv[0].clone();
         return Ok(match services::start(ctx, &name, spec, true) {
@@ -147,33 +159,97 @@ pub fn launch(
             Err(e) => failed(&e),
         });
     }
-    let spawned = match spawn::spawn_in(ctx.mode(), &ctx.reaper, &spec) {
+    if req.get_wait_for_exit() {
+        return run_capturing(ctx, req, &spec);
+    }
+    if !req.get_is_application() {
+        // Nobody waits; the reaper drops its status.
+        let started = spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, Box::new(|_, _| {}));
+        return Ok(started.map_or_else(|e| failed(&e), launched));
+    }
+    let container = req.has_container();
+    // Held across the start, so the exit (on the reaping thread) clears the pid only after
+    // it is set.
+    let mut app_container = ctx.app_container.lock().unwrap_or_else(|p| p.into_inner());
+    let ended = ctx.clone();
+    let on_exit: OnExit = Box::new(move |pid, exit| {
+        if container {
+            ended.set_app_container(None);
+        }
+        // Telling the host can take retries: not on the reaping thread.
+        let spawned = std::thread::Builder::new()
+            .name("application".into())
+            .spawn(move || application_ended(&ended, pid, exit));
+        if let Err(e) = spawned {
+            error!("cannot start a thread to report the application's exit: {e}");
+        }
+    });
+    match spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, on_exit) {
+        Ok(pid) => {
+            if container {
+                *app_container = Some(pid);
+            }
+            Ok(launched(pid))
+        }
+        Err(e) => Ok(failed(&e)),
+    }
+}
+
+/// What a waiting LaunchProcess does with its reply once the process has ended. It runs on
+/// the reaping thread (the application's on a thread of its own), so it must not block.
+pub type OnEnd = Box<dyn FnOnce(Outcome) + Send>;
+
+/// Runs a waiting request that captures nothing, with no thread waiting: when the process
+/// ends, the reaping thread hands its reply to `on_end`. A request that starts nothing has
+/// its reply returned at once instead (`on_end` is dropped unused).
+pub fn launch_waiting(
+    ctx: &Arc<Context>,
+    req: &LaunchProcessRequest,
+    on_end: OnEnd,
+) -> Option<Outcome> {
+    let spec = match spec_for(ctx, req) {
+        Ok(spec) => spec,
+        Err(outcome) => return Some(outcome),
+    };
+    let application = req.get_is_application();
+    let ended = ctx.clone();
+    let on_exit: OnExit = Box::new(move |pid, exit| {
+        if !application {
+            return on_end(Ok(exited(pid, exit)));
+        }
+        // The host hears of the application's end before the caller's reply, as always;
+        // telling it can take retries, so not on the reaping thread.
+        let spawned = std::thread::Builder::new()
+            .name("application".into())
+            .spawn(move || {
+                // The reply leaves (sent inline) before shutdown cancels the calls.
+                tell_host_application_ended(&ended, pid, exit);
+                on_end(Ok(exited(pid, exit)));
+                ended.request_shutdown(Shutdown::ApplicationExited);
+            });
+        if let Err(e) = spawned {
+            error!("cannot start a thread to report the application's exit: {e}");
+        }
+    });
+    spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, on_exit)
+        .err()
+        .map(|e| Ok(failed(&e)))
+}
+
+fn exited(pid: i32, exit: Exit) -> LaunchProcessResponse {
+    let mut resp = launched(pid);
+    set_exit(&mut resp, exit);
+    resp
+}
+
+/// Starts a waiting, capturing request's process and blocks until it has exited and its
+/// output is read.
+fn run_capturing(ctx: &Arc<Context>, req: &LaunchProcessRequest, spec: &ProcessSpec) -> Outcome {
+    let spawned = match spawn::spawn_in(ctx.mode(), &ctx.reaper, spec) {
         Ok(s) => s,
         Err(e) => return Ok(failed(&e)),
     };
     let pid = spawned.pid;
-    if !req.get_wait_for_exit() {
-        if req.get_is_application() {
-            let (ctx, exit_rx) = (ctx.clone(), spawned.exit);
-            let container = req.has_container();
-            if container {
-                ctx.set_app_container(Some(pid));
-            }
-            std::thread::Builder::new()
-                .name("application".into())
-                .spawn(move || {
-                    if let Ok(exit) = exit_rx.recv() {
-                        if container {
-                            ctx.set_app_container(None);
-                        }
-                        application_ended(&ctx, pid, exit);
-                    }
-                })
-                .map_err(|e| RpcStatus::with_message(RpcStatusCode::INTERNAL, e.to_string()))?;
-        }
-        return Ok(launched(pid));
-    }
-
     let mut resp = launched(pid);
     if let Some((stdout, stderr)) = spawned.output {
         let err_reader = std::thread::spawn(move || read_bounded(stderr));

@@ -33,6 +33,7 @@ mod launch;
 mod log;
 mod mounts;
 mod network;
+mod oneshot;
 mod pid1;
 mod reaper;
 mod rpc;
@@ -131,6 +132,8 @@ fn run(config: Config) -> ! {
     }
 
     let env = vm_proto::grpc_environment("maitred");
+    // Two C-core threads fewer; `env` lives as long as the process.
+    vm_proto::stop_grpc_executor_threads();
     let host_addr = config.host.clone().unwrap_or_else(|| params.host_address());
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded();
     let ctx = Arc::new(Context {
@@ -150,6 +153,26 @@ fn run(config: Config) -> ! {
     {
         fatal(pid1, &format!("cannot start the signal thread: {e}"));
     }
+
+    // The connection to the host is made while maitred starts serving (on a vsock it takes
+    // round trips through the host); VmReady goes as soon as the server runs.
+    let (serving, ready_to_tell) = crossbeam_channel::bounded::<()>(1);
+    let ready_ctx = ctx.clone();
+    let _ = std::thread::Builder::new()
+        .name("vm-ready".into())
+        .spawn(move || {
+            ready_ctx.host.connect_ahead();
+            if ready_to_tell.recv().is_err() {
+                return; // not serving after all: maitred is ending
+            }
+            match ready_ctx.host.vm_ready() {
+                Ok(()) => info!(
+                    "told the host at {} that the VM is ready",
+                    ready_ctx.host.address()
+                ),
+                Err(e) => error!("VmReady failed: {e}"),
+            }
+        });
 
     services::start_all(&ctx, &config.services);
 
@@ -184,17 +207,7 @@ fn run(config: Config) -> ! {
         "serving Maitred on {} for VM {}",
         config.listen, params.vm_id
     );
-
-    let ready_ctx = ctx.clone();
-    let _ = std::thread::Builder::new()
-        .name("vm-ready".into())
-        .spawn(move || match ready_ctx.host.vm_ready() {
-            Ok(()) => info!(
-                "told the host at {} that the VM is ready",
-                ready_ctx.host.address()
-            ),
-            Err(e) => error!("VmReady failed: {e}"),
-        });
+    let _ = serving.send(());
 
     let why = shutdown_rx.recv().unwrap_or(Shutdown::Requested);
     shutdown::shutdown(&ctx, &why);

@@ -1,13 +1,14 @@
 //! The one and only waiter. Every exit status in this process goes through [`Reaper::reap`]
 //! (a `waitpid(-1, WNOHANG)` loop run on SIGCHLD), which hands it to whoever registered for
-//! that pid. Nothing else calls wait, so no status is ever stolen or lost, and orphans that
-//! the kernel re-parents to us are reaped too.
+//! that pid: a callback run on the reaping thread once the lock is released (a respawn, a
+//! LaunchProcess reply), or a channel a thread waits on. Nothing else calls wait, so no
+//! status is ever stolen or lost, and orphans that the kernel re-parents to us are reaped
+//! too.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -19,9 +20,13 @@ pub enum Exit {
     Signal(i32),
 }
 
+/// What runs when a registered process ends (with its pid and exit), on the thread that reaps it. It must not
+/// block for long: that thread is the signal loop (or shutdown).
+pub type OnExit = Box<dyn FnOnce(i32, Exit) + Send>;
+
 #[derive(Default)]
 struct State {
-    waiters: HashMap<i32, Sender<Exit>>,
+    waiters: HashMap<i32, OnExit>,
     /// True once waitpid said ECHILD: we have no children at all.
     childless: bool,
 }
@@ -38,12 +43,10 @@ pub struct Registration<'a> {
 }
 
 impl Registration<'_> {
-    /// Registers `pid`; its exit status will arrive on the returned channel.
-    pub fn register(mut self, pid: i32) -> Receiver<Exit> {
-        let (tx, rx) = bounded(1);
-        self.state.waiters.insert(pid, tx);
+    /// Registers `pid`; `on_exit` runs with its exit status.
+    pub fn register_call(mut self, pid: i32, on_exit: OnExit) {
+        self.state.waiters.insert(pid, on_exit);
         self.state.childless = false;
-        rx
     }
 }
 
@@ -57,7 +60,7 @@ impl Reaper {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Call before forking; call `register` with the child's pid after.
+    /// Call before starting a process; call `register_call` with the child's pid after.
     pub fn registration(&self) -> Registration<'_> {
         Registration { state: self.lock() }
     }
@@ -80,11 +83,15 @@ impl Reaper {
                     return;
                 }
             };
-            let mut state = self.lock();
-            if let Some(tx) = state.waiters.remove(&pid.as_raw()) {
-                let _ = tx.send(exit);
+            let on_exit = {
+                let mut state = self.lock();
+                self.changed.notify_all();
+                state.waiters.remove(&pid.as_raw())
+            };
+            // Outside the lock: a callback may start a process (a respawn).
+            if let Some(on_exit) = on_exit {
+                on_exit(pid.as_raw(), exit);
             }
-            self.changed.notify_all();
         }
     }
 

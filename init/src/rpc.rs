@@ -2,7 +2,7 @@
 //! checker); each handler validates, calls the plain function that does the work, and maps
 //! the result to a status. Work that can block goes to its own thread, never a gRPC one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use vm_proto::protos::common::EmptyMessage;
@@ -13,7 +13,7 @@ use vm_proto::protos::guest::{
 use vm_proto::protos::guest_grpc::Maitred;
 
 use crate::context::{Context, Shutdown};
-use crate::{info, launch, network, warn};
+use crate::{info, launch, network, oneshot, warn};
 
 #[derive(Clone)]
 pub struct MaitredService {
@@ -45,6 +45,42 @@ fn reply_blocking<T: Send + 'static>(sink: UnarySink<T>, result: Result<T, RpcSt
     });
 }
 
+/// A waiting LaunchProcess with nothing to capture. No thread waits: the reaping thread
+/// sends the reply itself as the process ends (no hand-off on the way to the caller), and a
+/// task on the completion queue then sees the send through (a reply future dropped
+/// unfinished would cancel the call).
+fn launch_waiting(
+    state: &Arc<Context>,
+    ctx: &RpcContext,
+    req: LaunchProcessRequest,
+    sink: UnarySink<LaunchProcessResponse>,
+) {
+    let sink = Arc::new(Mutex::new(Some(sink)));
+    let take = |sink: &Mutex<Option<UnarySink<_>>>| sink.lock().ok().and_then(|mut s| s.take());
+    let (sent, sending) = oneshot::channel();
+    let at_exit = sink.clone();
+    let on_end: launch::OnEnd = Box::new(move |outcome| {
+        if let Some(sink) = take(&at_exit) {
+            sending.complete(match outcome {
+                Ok(resp) => sink.success(resp),
+                Err(status) => sink.fail(status),
+            });
+        }
+    });
+    match launch::launch_waiting(state, &req, on_end) {
+        Some(at_once) => {
+            if let Some(sink) = take(&sink) {
+                reply(ctx, sink, at_once);
+            }
+        }
+        None => ctx.spawn(async move {
+            if let Some(sending) = sent.await {
+                let _ = sending.await;
+            }
+        }),
+    }
+}
+
 fn status(code: RpcStatusCode, message: impl Into<String>) -> RpcStatus {
     RpcStatus::with_message(code, message.into())
 }
@@ -57,10 +93,14 @@ impl Maitred for MaitredService {
         sink: UnarySink<LaunchProcessResponse>,
     ) {
         if !req.get_wait_for_exit() {
-            // fork+exec is quick; only waiting for an exit needs a thread.
+            // Starting a process is quick (clone + exec); only waiting for an exit takes long.
             reply(&ctx, sink, launch::launch(&self.ctx, &req));
             return;
         }
+        if !req.get_capture_output() {
+            return launch_waiting(&self.ctx, &ctx, req, sink);
+        }
+        // Reading the output blocks: a thread of its own.
         let state = self.ctx.clone();
         let worker = std::thread::Builder::new()
             .name("launch-wait".into())

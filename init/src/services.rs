@@ -17,10 +17,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::context::Context;
+use crate::reaper::Exit;
 use crate::spawn::{self, ProcessSpec, SpawnError, Stdio};
 use crate::{error, info, warn};
 
@@ -171,7 +172,57 @@ impl RespawnWindow {
     }
 }
 
-/// Starts `spec`; with `respawn`, a thread restarts it whenever it exits, within the policy.
+/// One started service: what to restart and how often it was started. No thread waits for
+/// it: its exit runs [`Supervised::exited`] on the reaping thread (the signal loop).
+struct Supervised {
+    ctx: Arc<Context>,
+    name: String,
+    spec: ProcessSpec,
+    respawn: bool,
+    window: Mutex<RespawnWindow>,
+}
+
+impl Supervised {
+    /// Starts the service once more; its exit comes back to [`Supervised::exited`].
+    fn spawn(self: &Arc<Self>) -> Result<i32, SpawnError> {
+        let me = self.clone();
+        spawn::spawn_then(
+            self.ctx.mode(),
+            &self.ctx.reaper,
+            &self.spec,
+            Box::new(move |_, exit| me.exited(exit)),
+        )
+    }
+
+    fn exited(self: Arc<Self>, exit: Exit) {
+        let name = &self.name;
+        if self.ctx.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.respawn {
+            info!("service {name} ended: {exit:?}");
+            return;
+        }
+        let allowed = self
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(Instant::now());
+        if !allowed {
+            error!(
+                "service {name} was spawned {RESPAWN_LIMIT} times within {}s; not restarting it",
+                RESPAWN_WINDOW.as_secs()
+            );
+            return;
+        }
+        warn!("service {name} ended ({exit:?}); restarting");
+        if let Err(e) = self.spawn() {
+            error!("service {name}: {e}; not restarting it");
+        }
+    }
+}
+
+/// Starts `spec`; with `respawn`, it is restarted whenever it exits, within the policy.
 /// Returns the first pid.
 pub fn start(
     ctx: &Arc<Context>,
@@ -181,44 +232,14 @@ pub fn start(
 ) -> Result<i32, SpawnError> {
     let mut window = RespawnWindow::default();
     window.allow(Instant::now());
-    let first = spawn::spawn_in(ctx.mode(), &ctx.reaper, &spec)?;
-    let pid = first.pid;
-    let (ctx, name) = (ctx.clone(), name.to_string());
-    let thread_name = format!("svc-{name}");
-    let watcher = std::thread::Builder::new()
-        .name(thread_name.clone())
-        .spawn(move || {
-            let mut exit_rx = first.exit;
-            loop {
-                let Ok(exit) = exit_rx.recv() else { return };
-                if ctx.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                if !respawn {
-                    info!("service {name} ended: {exit:?}");
-                    return;
-                }
-                if !window.allow(Instant::now()) {
-                    error!(
-                        "service {name} was spawned {RESPAWN_LIMIT} times within {}s; not restarting it",
-                        RESPAWN_WINDOW.as_secs()
-                    );
-                    return;
-                }
-                warn!("service {name} ended ({exit:?}); restarting");
-                match spawn::spawn_in(ctx.mode(), &ctx.reaper, &spec) {
-                    Ok(next) => exit_rx = next.exit,
-                    Err(e) => {
-                        error!("service {name}: {e}; not restarting it");
-                        return;
-                    }
-                }
-            }
-        });
-    if let Err(e) = watcher {
-        error!("{thread_name}: cannot start its watcher thread: {e}");
-    }
-    Ok(pid)
+    let service = Arc::new(Supervised {
+        ctx: ctx.clone(),
+        name: name.to_string(),
+        spec,
+        respawn,
+        window: Mutex::new(window),
+    });
+    service.spawn()
 }
 
 /// Starts every service in `dir`; errors are logged and skipped.

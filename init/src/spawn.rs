@@ -1,12 +1,12 @@
-//! Starting a process: resolve the program, prepare every C string before fork (the child of
-//! a multi-threaded fork may only make async-signal-safe calls), fork, and in the child:
-//! new session, stdio, clean signal state, chdir, execve. An exec failure comes back through
-//! a close-on-exec pipe as an errno, so the caller gets FAILED, never a "launched" corpse.
+//! Starting a process: resolve the program, prepare every C string before the clone (the
+//! child shares our memory and may only make async-signal-safe calls), then, as posix_spawn
+//! does, clone(CLONE_VM | CLONE_VFORK) and in the child: new session, stdio, clean signal
+//! state, chdir, execve. An exec failure comes back through shared memory as an errno, so
+//! the caller gets FAILED, never a "launched" corpse.
 
 use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use crossbeam_channel::Receiver;
 use nix::errno::Errno;
 
-use crate::reaper::{Exit, Reaper};
-use crate::sys;
+use crate::reaper::{Exit, OnExit, Reaper};
+use crate::sys::{self, SpawnFailure};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -270,6 +270,25 @@ pub fn spawn_in(mode: Mode, reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawn
     Ok(Spawned { pid, exit, output })
 }
 
+/// Starts `spec` (whose stdio must not be [`Stdio::Capture`]: nobody would read it) and
+/// runs `on_exit` on the reaping thread when it ends; returns its pid. No thread waits. If it
+/// does not start, `on_exit` is dropped unused.
+pub fn spawn_then(
+    mode: Mode,
+    reaper: &Reaper,
+    spec: &ProcessSpec,
+    on_exit: OnExit,
+) -> Result<i32, SpawnError> {
+    let stdio = match (spec.stdio, open_stdio(mode, spec.stdio)) {
+        (Stdio::Capture, _) => Err(SpawnError::Setup {
+            what: "capturing output without a reader",
+            errno: Errno::EINVAL,
+        }),
+        (_, opened) => opened.map(|(stdio, _)| stdio),
+    };
+    start(mode, reaper, spec, stdio?, on_exit)
+}
+
 /// Starts `spec` with `stdio` as its fds 0-2 (`spec.stdio` is not used); returns its pid
 /// and where its exit status will arrive.
 pub fn spawn_with(
@@ -278,51 +297,41 @@ pub fn spawn_with(
     spec: &ProcessSpec,
     stdio: ChildStdio,
 ) -> Result<(i32, Receiver<Exit>), SpawnError> {
-    let prepared = prepare(spec)?;
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|errno| SpawnError::Setup {
-            what: "pipe2",
-            errno,
-        })?;
-
-    let registration = reaper.registration();
-    let die_with_parent = mode.children_die_with_maitred();
-    let pid = sys::fork_exec(&prepared, &stdio, &err_w, die_with_parent).map_err(|errno| {
-        SpawnError::Setup {
-            what: "fork",
-            errno,
-        }
-    })?;
-    let exit = registration.register(pid);
-    drop((stdio, err_w));
-
-    // Empty read: exec succeeded (the pipe closed on exec). Otherwise the child's errno.
-    let mut report = [0u8; 4];
-    let mut err_r = File::from(err_r);
-    match read_full(&mut err_r, &mut report) {
-        Ok(0) => Ok((pid, exit)),
-        Ok(_) => Err(SpawnError::Exec {
-            program: spec.argv[0].clone(),
-            errno: Errno::from_raw(i32::from_ne_bytes(report)),
-        }),
-        Err(e) => Err(SpawnError::Setup {
-            what: "reading the exec status",
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        }),
-    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let send: OnExit = Box::new(move |_, exit| {
+        let _ = tx.send(exit);
+    });
+    let pid = start(mode, reaper, spec, stdio, send)?;
+    Ok((pid, rx))
 }
 
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Starts the process and registers `on_exit` for it under the reaper's lock, so its exit
+/// cannot be reaped before someone waits for it.
+fn start(
+    mode: Mode,
+    reaper: &Reaper,
+    spec: &ProcessSpec,
+    stdio: ChildStdio,
+    on_exit: OnExit,
+) -> Result<i32, SpawnError> {
+    let prepared = prepare(spec)?;
+    let registration = reaper.registration();
+    let die_with_parent = mode.children_die_with_maitred();
+    match sys::spawn_exec(&prepared, &stdio, die_with_parent) {
+        Ok(pid) => {
+            registration.register_call(pid, on_exit);
+            Ok(pid)
         }
+        Err(SpawnFailure::Clone(errno)) => Err(SpawnError::Setup {
+            what: "clone",
+            errno,
+        }),
+        // The child exited 127; the reaper drops a status nobody registered for.
+        Err(SpawnFailure::Exec { errno, .. }) => Err(SpawnError::Exec {
+            program: spec.argv[0].clone(),
+            errno,
+        }),
     }
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -415,13 +424,9 @@ mod tests {
             let pid = std::thread::spawn(move || {
                 let prepared = prepare(&spec(&["sleep", "30"])).unwrap();
                 let (stdio, _) = open_stdio(mode, Stdio::Null).unwrap();
-                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
                 let die = mode.children_die_with_maitred();
-                let pid = sys::fork_exec(&prepared, &stdio, &w, die).unwrap();
                 // As spawn_with does: the thread outlives the child's prctl (done by exec).
-                drop(w);
-                assert_eq!(read_full(&mut File::from(r), &mut [0u8; 4]).unwrap(), 0);
-                pid
+                sys::spawn_exec(&prepared, &stdio, die).unwrap()
             })
             .join()
             .unwrap();

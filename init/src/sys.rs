@@ -16,78 +16,153 @@ fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
         .collect()
 }
 
-/// Forks; the child sets itself up and execs `prepared`, or writes its errno to `report` and
-/// exits 127. Returns the child's pid.
-pub fn fork_exec(
+/// Why [`spawn_exec`] did not start the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnFailure {
+    /// clone(2) itself failed: no child.
+    Clone(Errno),
+    /// The child could not set itself up or exec; it exited 127 (and is left to the reaper).
+    Exec { pid: i32, errno: Errno },
+}
+
+/// The child's stack: it only makes system calls, so this is ample (glibc's posix_spawn
+/// uses 32 KiB plus the argument sizes, and copies nothing onto it either).
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// What the child of [`spawn_exec`] reads; it lives on the parent's stack, which the
+/// parent does not touch until the child has exec'd or exited (CLONE_VFORK).
+struct ChildArgs<'a> {
+    program: &'a CStr,
+    cwd: &'a CStr,
+    argv: &'a [*const c_char],
+    envp: &'a [*const c_char],
+    fds: [i32; 3],
+    die_with_parent: bool,
+    reset_signals: &'a [i32],
+    /// 0, or the errno of the step that failed; written by the child, read after it.
+    errno: std::sync::atomic::AtomicI32,
+}
+
+/// Starts `prepared` the way posix_spawn does: clone(CLONE_VM | CLONE_VFORK) on a stack of
+/// its own, so nothing is copied (fork copied every page table, and both sides then took
+/// copy-on-write faults), and this thread is suspended until the child has exec'd or
+/// failed. The child sets itself up and execs; an error comes back in shared memory.
+/// Returns the child's pid.
+pub fn spawn_exec(
     prepared: &Prepared,
     stdio: &ChildStdio,
-    report: &OwnedFd,
     die_with_parent: bool,
-) -> Result<i32, Errno> {
-    // All allocation happens here, before fork.
+) -> Result<i32, SpawnFailure> {
+    // All allocation happens here, before the clone.
     let argv = null_terminated(&prepared.argv);
     let envp = null_terminated(&prepared.envp);
-    let fds = [
-        stdio.stdin.as_raw_fd(),
-        stdio.stdout.as_raw_fd(),
-        stdio.stderr.as_raw_fd(),
-    ];
-    let report = report.as_raw_fd();
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    let args = ChildArgs {
+        program: &prepared.program,
+        cwd: &prepared.cwd,
+        argv: &argv,
+        envp: &envp,
+        fds: [
+            stdio.stdin.as_raw_fd(),
+            stdio.stdout.as_raw_fd(),
+            stdio.stderr.as_raw_fd(),
+        ],
+        die_with_parent,
+        reset_signals: non_default_signals(),
+        errno: std::sync::atomic::AtomicI32::new(0),
+    };
+    // The stack grows down from its (16-byte aligned) end.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK_BYTES) & !15;
 
-    // SAFETY: fork has no memory-safety preconditions. The child below only calls
-    // async-signal-safe functions on data prepared before the fork, then execs or _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Errno::last());
-    }
-    if pid > 0 {
-        return Ok(pid);
-    }
-    // SAFETY: we are the child of fork(); the pointers are into `prepared`, `argv` and
-    // `envp`, which the child's copy of memory still holds.
-    unsafe {
-        child_exec(
-            &prepared.program,
-            &prepared.cwd,
-            &argv,
-            &envp,
-            fds,
-            report,
-            die_with_parent,
+    // No signal handler may run in the child while it shares our memory: everything is
+    // blocked across the clone, and the child resets dispositions before unblocking.
+    let all = nix::sys::signal::SigSet::all();
+    let mut old = nix::sys::signal::SigSet::empty();
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&all),
+        Some(&mut old),
+    );
+    // SAFETY: `child_main` gets a pointer to `args`, which outlives the child's use of it
+    // (CLONE_VFORK: we resume only once the child has exec'd or exited); its stack is
+    // `stack`, live and unused by anyone else until then. The child makes only system
+    // calls on data prepared above, so sharing our memory (CLONE_VM) is safe.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::from_ref(&args).cast_mut().cast(),
         )
+    };
+    let clone_errno = Errno::last();
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&old),
+        None,
+    );
+    drop(stack);
+    if pid < 0 {
+        return Err(SpawnFailure::Clone(clone_errno));
+    }
+    match args.errno.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => Ok(pid),
+        errno => Err(SpawnFailure::Exec {
+            pid,
+            errno: Errno::from_raw(errno),
+        }),
     }
 }
 
-/// In the forked child. Never returns.
+/// The signals whose disposition is not SIG_DFL here (Rust's runtime ignores SIGPIPE and
+/// catches SIGSEGV and SIGBUS), read once: maitred sets no disposition after start-up, so
+/// a child resets these few instead of making 62 sigaction calls while we wait for it.
+fn non_default_signals() -> &'static [i32] {
+    static SIGNALS: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+    SIGNALS.get_or_init(|| {
+        (1..libc::SIGRTMAX())
+            .filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
+            .filter(|&signal| {
+                // SAFETY: a zeroed sigaction is a valid value for the kernel to overwrite;
+                // a null new action only reads the current one.
+                let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+                // SAFETY: as above; `current` is a live local.
+                let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+                rc != 0 || current.sa_sigaction != libc::SIG_DFL
+            })
+            .collect()
+    })
+}
+
+/// The child of [`spawn_exec`]: sets itself up and execs; never returns.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` spawn_exec passed, alive until we exec or exit.
+    let args = unsafe { &*(arg as *const ChildArgs<'_>) };
+    // SAFETY: we are the clone(CLONE_VM | CLONE_VFORK) child; the pointers are into data the
+    // suspended parent keeps alive.
+    unsafe { child_exec(args) }
+}
+
+/// In the child. Never returns.
 ///
 /// # Safety
-/// Call only in a freshly forked child; the pointers must be valid and NUL-terminated.
-unsafe fn child_exec(
-    program: &CStr,
-    cwd: &CStr,
-    argv: &[*const c_char],
-    envp: &[*const c_char],
-    fds: [i32; 3],
-    report: i32,
-    die_with_parent: bool,
-) -> ! {
+/// Call only in the child of [`spawn_exec`]; the pointers must be valid and NUL-terminated.
+unsafe fn child_exec(args: &ChildArgs<'_>) -> ! {
     let fail = |errno: i32| -> ! {
-        let bytes = errno.to_ne_bytes();
-        // SAFETY: writing 4 bytes from a live local buffer, then _exit, both async-signal-safe.
-        unsafe {
-            libc::write(report, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127)
-        }
+        args.errno
+            .store(errno.max(1), std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: _exit is async-signal-safe and ends only this child.
+        unsafe { libc::_exit(127) }
     };
     // SAFETY: each call is async-signal-safe and takes plain integers or pointers to live,
-    // NUL-terminated data prepared before the fork.
+    // NUL-terminated data prepared before the clone.
     unsafe {
         libc::setsid();
-        if die_with_parent {
+        if args.die_with_parent {
             // Host mode: a killed maitred must not leave its processes behind.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
-        for (target, fd) in fds.into_iter().enumerate() {
+        for (target, fd) in args.fds.into_iter().enumerate() {
             if libc::dup2(fd, target as i32) < 0 {
                 fail(*libc::__errno_location());
             }
@@ -95,25 +170,27 @@ unsafe fn child_exec(
         // A console child gets it as controlling terminal if nobody holds it; not fatal.
         libc::ioctl(0, libc::TIOCSCTTY, 0);
         // Start from a clean signal state: default dispositions, nothing blocked.
-        for signal in 1..libc::SIGRTMAX() {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
-            }
+        for &signal in args.reset_signals {
+            libc::signal(signal, libc::SIG_DFL);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        if libc::chdir(cwd.as_ptr()) < 0 {
+        if libc::chdir(args.cwd.as_ptr()) < 0 {
             fail(*libc::__errno_location());
         }
-        // No fd of ours leaks into the program; the report pipe is already close-on-exec.
+        // No fd of ours leaks into the program.
         libc::syscall(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
-        libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(
+            args.program.as_ptr(),
+            args.argv.as_ptr(),
+            args.envp.as_ptr(),
+        );
         fail(*libc::__errno_location())
     }
 }

@@ -90,6 +90,12 @@ impl Connector {
         Ok((channel, true))
     }
 
+    /// Dials now, unless a channel is cached, so that the first call does not pay for it
+    /// (maitred connects to the host while it is still starting).
+    pub fn connect_ahead(&self) -> Result<(), TransportError> {
+        self.channel().map(drop)
+    }
+
     fn forget(&self) {
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }

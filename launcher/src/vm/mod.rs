@@ -172,12 +172,14 @@ impl RunningVm {
     /// Boots a VM and waits until maitred reports ready. On any error everything acquired
     /// so far is released again (each step's guard drops).
     pub fn boot(opts: VmOptions) -> Result<RunningVm, LaunchError> {
+        let clock = steps::BootClock::start();
         let pool = Pool::open(opts.pool.clone()).map_err(LaunchError::Pool)?;
         reclaim(&pool);
         let lease = pool
             .allocate(opts.name.as_deref())
             .map_err(LaunchError::Pool)?;
         let token = Token::generate().map_err(LaunchError::Token)?;
+        clock.mark("lease and token");
         let runtime = &opts.pool.runtime_dir;
         let dir = RunDir::create(runtime, &lease)?;
         let rundir = dir.path().to_path_buf();
@@ -198,7 +200,9 @@ impl RunningVm {
             opts.logs,
             opts.crash,
         )?;
+        clock.mark("host services");
         let helper = steps::start_helper(&opts.vhost_device_vsock, &wiring, &trusted_pid)?;
+        clock.mark("vsock helper ready");
         let tap = steps::create_tap(opts.net, &lease, runtime)?;
         let serial_log = rundir.join("console.log");
         let show_console = Arc::new(AtomicBool::new(false));
@@ -220,6 +224,7 @@ impl RunningVm {
             show_console: show_console.clone(),
             trusted_pid: &trusted_pid,
         })?;
+        clock.mark("hypervisor started");
         let maitred = Connector::new(
             vm_proto::grpc_environment("launcher"),
             wiring.maitred.clone(),
@@ -253,6 +258,7 @@ impl RunningVm {
             vm.teardown(false);
             return Err(e);
         }
+        clock.mark("VmReady");
         if let Err(e) = vm.configure_network() {
             vm.teardown(true);
             return Err(e);

@@ -223,3 +223,26 @@ pub(super) fn start_hypervisor(s: HvStart<'_>) -> Result<(Hypervisor, Option<Sto
     }
     Ok((child, Some(hv.stop(&spec))))
 }
+
+/// Where a boot's time goes: with `VM_TOOLS_BOOT_TIMING` set in the environment, each step
+/// prints its time since the start of the boot on stderr (scripts/bench-boot uses it).
+pub(super) struct BootClock {
+    start: std::time::Instant,
+    on: bool,
+}
+
+impl BootClock {
+    pub(super) fn start() -> BootClock {
+        BootClock {
+            start: std::time::Instant::now(),
+            on: std::env::var_os("VM_TOOLS_BOOT_TIMING").is_some(),
+        }
+    }
+
+    pub(super) fn mark(&self, step: &str) {
+        if self.on {
+            let ms = self.start.elapsed().as_secs_f64() * 1e3;
+            eprintln!("boot timing: {ms:8.1} ms  {step}");
+        }
+    }
+}
