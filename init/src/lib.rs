@@ -132,8 +132,6 @@ fn run(config: Config) -> ! {
     }
 
     let env = vm_proto::grpc_environment("maitred");
-    // Two C-core threads fewer; `env` lives as long as the process.
-    vm_proto::stop_grpc_executor_threads();
     let host_addr = config.host.clone().unwrap_or_else(|| params.host_address());
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::unbounded();
     let ctx = Arc::new(Context {

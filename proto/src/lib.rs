@@ -65,17 +65,3 @@ pub fn grpc_environment(name: &str) -> std::sync::Arc<grpcio::Environment> {
             .build(),
     )
 }
-
-#[cfg(feature = "grpc")]
-/// Stops gRPC's two executor threads ("default-executor", "resolver-executor"); their work
-/// (blocking name resolution, offloaded closures) then runs inline on the thread that
-/// queues it. Our channels are made from connected fds or Unix socket paths (no DNS), so a
-/// small daemon loses nothing and its C-core runs two threads fewer.
-///
-/// Call it once, after the process's one [`grpc_environment`] exists, in a process that
-/// keeps that environment for its whole life (maitred): gRPC's start-up and shutdown
-/// (creating the first and dropping the last environment) must not run meanwhile.
-pub fn stop_grpc_executor_threads() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(sys::stop_grpc_executor_threads);
-}

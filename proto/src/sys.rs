@@ -76,22 +76,3 @@ pub fn poll_readable(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<(bool, 
         }
     }
 }
-
-#[cfg(feature = "grpc")]
-extern "C" {
-    /// `grpc_core::Executor::SetThreadingAll(bool)` in the bundled gRPC C-core (1.56), by its
-    /// C++ name: no C API reaches it. gRPC's own fork support calls it to stop the executor
-    /// threads; with them stopped, executor work runs inline on the thread that queues it.
-    /// A C-core without this symbol fails to link, loudly, rather than behave differently.
-    #[link_name = "_ZN9grpc_core8Executor15SetThreadingAllEb"]
-    fn grpc_core_executor_set_threading_all(threading: bool);
-}
-
-/// Stops gRPC's executor threads: see `crate::stop_grpc_executor_threads`, the only caller.
-#[cfg(feature = "grpc")]
-pub fn stop_grpc_executor_threads() {
-    // SAFETY: called once, after grpc_init (an Environment exists) and not during gRPC's
-    // start-up or shutdown, as gRPC's own fork handler calls it; it only signals and joins
-    // the executor threads.
-    unsafe { grpc_core_executor_set_threading_all(false) }
-}
