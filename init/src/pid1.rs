@@ -261,13 +261,18 @@ fn setup_core_pattern() {
     }
 }
 
-/// The syslog socket's directory (see [`SYSLOG_DIR`]) and /dev/log pointing into it.
+/// The syslog sockets' directory (see [`SYSLOG_DIR`]), /dev/log pointing to vm_syslog's
+/// datagram socket in it and /dev/log-stream to its SOCK_STREAM socket.
 fn link_dev_log() {
-    let socket = Path::new(SYSLOG_DIR).join("log");
-    let made = std::fs::create_dir_all(SYSLOG_DIR)
-        .and_then(|()| std::os::unix::fs::symlink(&socket, "/dev/log"));
-    if let Err(e) = made {
-        warn!("cannot link /dev/log to {}: {e}", socket.display());
+    if let Err(e) = std::fs::create_dir_all(SYSLOG_DIR) {
+        warn!("cannot make {SYSLOG_DIR}: {e}");
+        return;
+    }
+    for (link, socket) in [("/dev/log", "log"), ("/dev/log-stream", "log-stream")] {
+        let socket = Path::new(SYSLOG_DIR).join(socket);
+        if let Err(e) = std::os::unix::fs::symlink(&socket, link) {
+            warn!("cannot link {link} to {}: {e}", socket.display());
+        }
     }
 }
 

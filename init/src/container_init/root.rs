@@ -277,8 +277,10 @@ fn build_dev(dev: &Path) -> Result<(), String> {
             MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
             "the syslog directory",
         )?;
-        std::os::unix::fs::symlink(".syslog/log", dev.join("log"))
-            .map_err(|e| format!("symlink /dev/log: {e}"))?;
+        for name in ["log", "log-stream"] {
+            std::os::unix::fs::symlink(format!(".syslog/{name}"), dev.join(name))
+                .map_err(|e| format!("symlink /dev/{name}: {e}"))?;
+        }
     }
     // The VM's console, and (host mode) /dev/log where it is not linked yet.
     for name in ["console", "log"] {
