@@ -163,7 +163,10 @@ pub fn encode_pending(id: u32, index: u16) -> [u8; 6] {
 
 pub fn decode_pending(frame: &Frame) -> Result<(u32, u16), FrameError> {
     match frame.payload.as_slice() {
-        [a, b, c, d, e, g] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), u16::from_be_bytes([*e, *g]))),
+        [a, b, c, d, e, g] => Ok((
+            u32::from_be_bytes([*a, *b, *c, *d]),
+            u16::from_be_bytes([*e, *g]),
+        )),
         _ => Err(FrameError::BadPayload {
             kind: frame.kind,
             len: frame.payload.len(),
