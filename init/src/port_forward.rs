@@ -237,7 +237,7 @@ fn attach(shared: &Shared, mut conn: UnixStream, id: u32) {
 
 fn relay(host: UnixStream, guest: TcpStream, slot: Slot) {
     let _ = guest.set_nodelay(true);
-    if let Err(e) = forward::relay(host, guest, "forward-copy") {
+    if let Err(e) = forward::relay(guest, host, "forward-copy") {
         note_refusal(&format!("cannot start a relay thread: {e}"));
     }
     drop(slot);

@@ -11,8 +11,8 @@
 //!
 //! Requests (`[op u8][fields, big-endian]`):
 //! - `OPEN <guest port u16>` (`--publish`): maitred connects to 127.0.0.1:PORT in the guest
-//!   (in the application's container when it has one). After STARTED the stream is raw
-//!   bytes both ways; a refused port is ERROR at once.
+//!   (in the application's container when it has one). After STARTED the stream carries
+//!   the connection (below); a refused port is ERROR at once.
 //! - `LISTEN <n u16> <guest port u16>×n` (`--forward`, the control stream): maitred
 //!   listens on 127.0.0.1:PORT for each, in the guest and in the application's container.
 //!   For every connection it accepts it sends `PENDING <id u32><index u16>` (index into the
@@ -20,19 +20,24 @@
 //!   host address) and then dials again with `ATTACH <id>`, or sends `CANCEL <id>` on the
 //!   control stream when its target refused. Closing the control stream closes the
 //!   listeners.
-//! - `ATTACH <id u32>`: joins the pending guest connection `id`; then raw bytes both ways.
+//! - `ATTACH <id u32>`: joins the pending guest connection `id`, carried as below.
+//!
+//! An open connection's bytes travel as DATA frames, its end of file as EOF, both ways: a
+//! half-close must survive every transport, and hybrid vsock back-ends do not pass a
+//! one-way shutdown on (vhost-device-vsock 0.3 drops SHUTDOWN(SEND) from the guest and turns
+//! the host's into a full shutdown). A stream that closes without EOF is a reset.
 //!
 //! Why the host dials even for guest→host forwards: no host vsock port has to be found for
 //! them (kernel vsock ports are host-wide; hybrid and process back-ends would each differ),
 //! the host never accepts anything from the guest, and the token check is the one maitred
 //! already does for every stream.
 //!
-//! [`relay`] is the copy both ends run once a stream is raw: one thread per direction, an
-//! end-of-file passed on as `shutdown(SHUT_WR)`, an error shutting both sockets down.
+//! [`relay`] is the copy both ends run: one thread per direction; EOF becomes
+//! `shutdown(SHUT_WR)` of the TCP connection; an error shuts both sockets down.
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
@@ -51,10 +56,12 @@ pub const PENDING: Kind = Kind::Stdout;
 pub const CANCEL: Kind = Kind::Signal;
 /// Refusal with a reason.
 pub const REFUSED: Kind = Kind::Error;
+/// Relayed bytes, either way, once the stream is open.
+pub const DATA: Kind = Kind::Stdin;
+/// The sender's end of file: the receiver half-closes its TCP connection.
+pub const EOF: Kind = Kind::StdinEof;
 /// The most forwards (and so listeners) one control stream may ask for.
 pub const MAX_FORWARDS: usize = 64;
-/// How many bytes one direction of a relay reads at once.
-pub const RELAY_CHUNK: usize = 64 * 1024;
 
 const OP_OPEN: u8 = 1;
 const OP_LISTEN: u8 = 2;
@@ -254,67 +261,61 @@ pub fn open(
     }
 }
 
-/// A socket a relay can copy to and from: TCP, Unix or vsock (as a Unix stream).
-pub trait RelayEnd: Read + Write + Send + 'static {
-    fn try_clone_end(&self) -> io::Result<Self>
-    where
-        Self: Sized;
-    fn shutdown_end(&self, how: Shutdown) -> io::Result<()>;
-}
-
-impl RelayEnd for UnixStream {
-    fn try_clone_end(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_end(&self, how: Shutdown) -> io::Result<()> {
-        self.shutdown(how)
-    }
-}
-
-impl RelayEnd for std::net::TcpStream {
-    fn try_clone_end(&self) -> io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_end(&self, how: Shutdown) -> io::Result<()> {
-        self.shutdown(how)
-    }
-}
-
-/// Copies `from` → `to` until end of file (passed on as a half-close) or an error (both
-/// sockets shut down, so the other direction ends too). Returns the bytes copied.
-fn copy_one_way(mut from: impl RelayEnd, mut to: impl RelayEnd) -> u64 {
-    let mut buf = vec![0u8; RELAY_CHUNK];
-    let mut total = 0u64;
+/// Copies TCP → stream as DATA frames; end of file becomes an EOF frame. An error shuts
+/// both sockets down, so the other direction ends too.
+fn tcp_to_stream(mut tcp: TcpStream, mut stream: UnixStream) {
+    let mut frame = stream::DataFrame::new();
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match tcp.read(frame.space()) {
             Ok(0) => {
-                let _ = to.shutdown_end(Shutdown::Write);
-                return total;
+                if stream::write_frame(&mut stream, EOF, &[]).is_err() {
+                    break;
+                }
+                return;
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        if to.write_all(&buf[..n]).is_err() {
+        if stream.write_all(frame.frame(DATA, n)).is_err() {
             break;
         }
-        total += n as u64;
     }
-    let _ = from.shutdown_end(Shutdown::Both);
-    let _ = to.shutdown_end(Shutdown::Both);
-    total
+    let _ = tcp.shutdown(Shutdown::Both);
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Copies both ways between `a` and `b` until both directions ended; returns when they
-/// have, with every socket closed. The calling thread copies `b` → `a`; a second thread
-/// (named `name`) copies `a` → `b`. A reset on either side ends both directions.
-pub fn relay<A: RelayEnd, B: RelayEnd>(a: A, b: B, name: &str) -> io::Result<()> {
-    let (a2, b2) = (a.try_clone_end()?, b.try_clone_end()?);
+/// Copies stream → TCP: DATA frames are written out, EOF is passed on as a half-close;
+/// anything else (a closed or reset stream, a bad frame) shuts both sockets down.
+fn stream_to_tcp(mut stream: UnixStream, mut tcp: TcpStream) {
+    loop {
+        match stream::read_frame(&mut stream) {
+            Ok(frame) if frame.kind == DATA => {
+                if tcp.write_all(&frame.payload).is_err() {
+                    break;
+                }
+            }
+            Ok(frame) if frame.kind == EOF => {
+                let _ = tcp.shutdown(Shutdown::Write);
+                return;
+            }
+            _ => break,
+        }
+    }
+    let _ = tcp.shutdown(Shutdown::Both);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Relays between a TCP connection and a forward stream until both directions ended; then
+/// both sockets close. The calling thread copies stream → TCP, a second thread (named
+/// `name`) TCP → stream. A reset on either side ends both directions.
+pub fn relay(tcp: TcpStream, stream: UnixStream, name: &str) -> io::Result<()> {
+    let (tcp2, stream2) = (tcp.try_clone()?, stream.try_clone()?);
     let other = std::thread::Builder::new()
         .name(name.to_string())
         .stack_size(64 * 1024)
-        .spawn(move || copy_one_way(a2, b2))?;
-    copy_one_way(b, a);
+        .spawn(move || tcp_to_stream(tcp2, stream2))?;
+    stream_to_tcp(stream, tcp);
     let _ = other.join();
     Ok(())
 }
@@ -382,20 +383,29 @@ mod tests {
 
     #[test]
     fn relay_copies_both_ways_and_passes_half_close() {
-        let (mut a_user, a) = UnixStream::pair().unwrap();
-        let (b, mut b_user) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || relay(a, b, "test-relay").unwrap());
-        a_user.write_all(b"ping").unwrap();
-        a_user.shutdown(Shutdown::Write).unwrap();
+        // Two relays back to back over a stream, as launcher and maitred run them.
+        let tcp_pair = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            (client, l.accept().unwrap().0)
+        };
+        let (mut user_a, relay_a) = tcp_pair();
+        let (relay_b, mut user_b) = tcp_pair();
+        let (stream_a, stream_b) = UnixStream::pair().unwrap();
+        let a = std::thread::spawn(move || relay(relay_a, stream_a, "relay-a").unwrap());
+        let b = std::thread::spawn(move || relay(relay_b, stream_b, "relay-b").unwrap());
+        user_a.write_all(b"ping").unwrap();
+        user_a.shutdown(Shutdown::Write).unwrap();
         let mut got = Vec::new();
-        b_user.read_to_end(&mut got).unwrap();
+        user_b.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"ping");
         // The other direction still works after the half-close.
-        b_user.write_all(b"pong").unwrap();
-        b_user.shutdown(Shutdown::Write).unwrap();
+        user_b.write_all(b"pong").unwrap();
+        user_b.shutdown(Shutdown::Write).unwrap();
         let mut back = Vec::new();
-        a_user.read_to_end(&mut back).unwrap();
+        user_a.read_to_end(&mut back).unwrap();
         assert_eq!(back, b"pong");
-        t.join().unwrap();
+        a.join().unwrap();
+        b.join().unwrap();
     }
 }
