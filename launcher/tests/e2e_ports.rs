@@ -77,8 +77,9 @@ fn http_get(port: u16, path: &str) -> Option<Vec<u8>> {
     let mut reply = Vec::new();
     conn.read_to_end(&mut reply).ok()?;
     let at = reply.windows(4).position(|w| w == b"\r\n\r\n")?;
+    // busybox httpd answers HTTP/1.1 even to a 1.0 request.
     reply
-        .starts_with(b"HTTP/1.0 200")
+        .starts_with(b"HTTP/1.1 200")
         .then(|| reply[at + 4..].to_vec())
 }
 
