@@ -242,3 +242,37 @@ fn relay(host: UnixStream, guest: TcpStream, slot: Slot) {
     }
     drop(slot);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test: the slots are process-wide, so a second test holding one would race.
+    #[test]
+    fn slots_are_bounded_and_pending_connections_are_taken_once() {
+        let slots: Vec<Slot> = std::iter::from_fn(Slot::take)
+            .take(MAX_RELAYS + 1)
+            .collect();
+        assert_eq!(slots.len(), MAX_RELAYS);
+        assert!(Slot::take().is_none());
+        drop(slots);
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let pending = Pending::default();
+        let Some(slot) = Slot::take() else {
+            panic!("no slot after all were given back")
+        };
+        let id = pending.park(conn, slot);
+        assert!(pending.take(id + 1).is_none());
+        assert!(pending.take(id).is_some());
+        assert!(pending.take(id).is_none());
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn own_process_has_no_separate_netns() {
+        assert!(!netns::is_separate(std::process::id() as i32));
+        assert!(!netns::is_separate(i32::MAX));
+    }
+}
