@@ -14,7 +14,8 @@ process (tests, demos) it skips mounts, hostname, core_pattern and power-off, ac
 child subreaper, and Shutdown ends the process.
 
   --listen ADDR    serve Maitred here (default vsock:-1:8888); process I/O streams are
-                   served on the same transport's port 8889 (a Unix PATH: PATH.exec)
+                   served on the same transport's port 8889 (a Unix PATH: PATH.exec),
+                   port forwards on port 8890 (PATH.forward)
   --cmdline FILE   read the kernel command line from FILE (default /proc/cmdline)
   --host ADDR      the host services (default vsock:2:<maitred.host_port>)
   --services DIR   boot service files (default /etc/maitred)

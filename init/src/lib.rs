@@ -13,6 +13,8 @@
 //!   `container_enter`: `maitred --container-enter`, which runs `exec` inside it.
 //! - `exec_server`, `exec_session`, `exec_io`: process I/O streams (stdin, stdout, stderr,
 //!   terminal, signals, exit) on the exec port.
+//! - `port_forward`: `--publish` and `--forward` (connections relayed to and from guest
+//!   TCP ports) on the forward port.
 //! - `sys`: the raw system calls, each with its safety argument.
 //!
 //! [`run_main`] is the whole program: `main.rs` (the standalone `maitred`, which the host
@@ -35,6 +37,7 @@ mod mounts;
 mod network;
 mod oneshot;
 mod pid1;
+mod port_forward;
 mod reaper;
 mod rpc;
 mod services;
@@ -192,6 +195,16 @@ fn run(config: Config) -> ! {
             pid1,
             &format!("cannot start the process stream service: {e}"),
         );
+    }
+    let forward_listener = Listener::bind(&vm_proto::forward::forward_address(&config.listen))
+        .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    if let Err(e) = port_forward::start(
+        ctx.clone(),
+        forward_listener,
+        params.token.clone(),
+        host_only.clone(),
+    ) {
+        fatal(pid1, &format!("cannot start the port forward service: {e}"));
     }
     let server = GrpcServer::start(
         env,

@@ -11,6 +11,7 @@ use crate::disk_config::DiskArg;
 use crate::hypervisor::{accel, Accel};
 use crate::log_forward::LogSink;
 use crate::pool::{self, PoolConfig};
+use crate::port_forward::{ForwardSpec, PublishSpec, SpecError};
 
 pub const USAGE: &str = "\
 usage: vm_launcher <command> [options]
@@ -63,6 +64,13 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
   --params TEXT          extra guest kernel command line (repeatable)
   --net tap|none         tap: a TAP device with the VM's /30 (root only), configured in the
                          guest with ConfigureNetwork once it is ready (default none)
+  -p, --publish [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp]
+                         the host listens on HOST_ADDR:HOST_PORT (default address
+                         127.0.0.1) and each connection reaches 127.0.0.1:GUEST_PORT in the
+                         guest, or in its container (repeatable)
+  --forward GUEST_PORT:HOST_ADDR:HOST_PORT
+                         the application's 127.0.0.1:GUEST_PORT reaches HOST_ADDR:HOST_PORT
+                         on the host, and only that address (repeatable)
   --boot-timeout SECS    how long to wait for the guest to report ready (default 120)
   --runtime-dir DIR      pool and per-VM state (default $VM_LAUNCHER_RUNTIME_DIR or /run/vm_launcher)
   --cid-range A-B        vsock CIDs the pool hands out (default 3-1026)
@@ -154,6 +162,9 @@ pub struct RunArgs {
     pub tty: Option<bool>,
     /// Copy the serial console to stderr.
     pub console: bool,
+    /// `--publish` and `--forward`, in command-line order.
+    pub publish: Vec<PublishSpec>,
+    pub forward: Vec<ForwardSpec>,
 }
 
 impl RunArgs {
@@ -251,6 +262,8 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         app: Vec::new(),
         tty: None,
         console: false,
+        publish: Vec::new(),
+        forward: Vec::new(),
     };
     // --log-rotate-size, --log-rotate-keep: applied to a dir: --log-dest at the end.
     let mut rotate: (Option<u64>, Option<usize>) = (None, None);
@@ -330,6 +343,16 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
                 run.name = Some(name);
             }
             "--params" => run.params.push(value()?),
+            "-p" | "--publish" => run.publish.push(
+                value()?
+                    .parse()
+                    .map_err(|e: SpecError| CliError(e.to_string()))?,
+            ),
+            "--forward" => run.forward.push(
+                value()?
+                    .parse()
+                    .map_err(|e: SpecError| CliError(e.to_string()))?,
+            ),
             "--net" => {
                 run.net = match value()?.as_str() {
                     "tap" => true,
@@ -386,6 +409,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         return Err(CliError("run needs an application after --".into()));
     }
     check_disks(&run)?;
+    crate::port_forward::check(&run.publish, &run.forward).map_err(|e| CliError(e.to_string()))?;
     run.pool(PathBuf::new())
         .validate()
         .map_err(|e| CliError(e.to_string()))?;
@@ -543,7 +567,7 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {
                 return Ok(Cli::Help(
-                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app",
+                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app, publish, forward",
                 ));
             }
             let json = others.iter().any(|a| a == "--json");

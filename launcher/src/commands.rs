@@ -134,7 +134,16 @@ fn options(
             .write(true)
             .open("/dev/vhost-vsock")
             .is_ok(),
+        publish: args.publish,
+        forward: args.forward,
     })
+}
+
+/// `--publish` and `--forward` as `list` shows them.
+fn shown_ports(args: &RunArgs) -> (Vec<String>, Vec<String>) {
+    let publish = args.publish.iter().map(ToString::to_string).collect();
+    let forward = args.forward.iter().map(ToString::to_string).collect();
+    (publish, forward)
 }
 
 /// The container the application runs in, and the scratch disk image to delete afterwards.
@@ -233,12 +242,13 @@ pub fn run(args: RunArgs) -> ExitCode {
     };
     let logs = args.log_dest.clone().unwrap_or_else(default_log_dest);
     let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
+    let ports = shown_ports(&args);
     let console = args.console;
     let vm = match boot(args, files, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    vm_info::write(&vm.rundir, &hypervisor, &app);
+    vm_info::write(&vm.rundir, &hypervisor, &app, (&ports.0, &ports.1));
     vm.host.expect_application();
     let mut req = ExecRequest::new();
     req.set_argv(app.clone().into());
@@ -370,12 +380,13 @@ fn serve_detached(args: RunArgs) -> ExitCode {
     };
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
     let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
+    let ports = shown_ports(&args);
     let console = args.console;
     let mut vm = match boot(args, files, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    vm_info::write(&vm.rundir, &hypervisor, &app);
+    vm_info::write(&vm.rundir, &hypervisor, &app, (&ports.0, &ports.1));
     let guest = stream::exec_address(&vm.maitred_addr);
     if let Err(e) = exec_broker::serve(&vm.rundir, guest, vm.token.clone()) {
         vm.teardown(true);
@@ -504,8 +515,11 @@ pub fn list(runtime: Option<PathBuf>, json: bool) -> ExitCode {
                         i.app.iter().map(|a| vm_info::json_string(a)).collect();
                     format!("[{}]", args.join(","))
                 });
+                let ports = |pick: fn(&vm_info::VmInfo) -> &[String]| {
+                    info.as_ref().map(|i| vm_info::json_strings(pick(i)))
+                };
                 format!(
-                    "{{\"id\":{},\"cid\":{},\"pid\":{},\"state\":\"{}\",\"started\":{},\"guest_ip\":{},\"host_port\":{},\"hypervisor\":{},\"app\":{}}}",
+                    "{{\"id\":{},\"cid\":{},\"pid\":{},\"state\":\"{}\",\"started\":{},\"guest_ip\":{},\"host_port\":{},\"hypervisor\":{},\"app\":{},\"publish\":{},\"forward\":{}}}",
                     vm_info::json_string(&l.id),
                     opt(l.cid.map(|v| v.to_string())),
                     opt(l.pid.map(|v| v.to_string())),
@@ -515,6 +529,8 @@ pub fn list(runtime: Option<PathBuf>, json: bool) -> ExitCode {
                     opt(l.host_port.map(|v| v.to_string())),
                     opt(info.as_ref().map(|i| vm_info::json_string(&i.hypervisor))),
                     opt(app),
+                    opt(ports(|i| &i.publish)),
+                    opt(ports(|i| &i.forward)),
                 )
             })
             .collect();

@@ -21,6 +21,7 @@ pub mod host_services;
 pub mod hypervisor;
 pub mod log_forward;
 pub mod pool;
+pub mod port_forward;
 pub mod stream_client;
 mod sys;
 pub mod tap;

@@ -1,6 +1,7 @@
 //! What `list` shows beyond the lease: `<run dir>/vm.info`, written once the VM is ready
 //! (so its presence also means "running"): the hypervisor, the application and when it
-//! started. One `key=value` line each; the application's arguments are NUL-separated inside
+//! started, and its published and forwarded ports. One `key=value` line each (a port list
+//! is comma-separated: the specs hold no commas); the application's arguments are NUL-separated inside
 //! their value's hex, so no argument can break the format.
 
 use std::path::Path;
@@ -13,6 +14,9 @@ pub struct VmInfo {
     pub app: Vec<String>,
     /// Unix seconds.
     pub started: u64,
+    /// `--publish` and `--forward` specs, as `port_forward` shows them.
+    pub publish: Vec<String>,
+    pub forward: Vec<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -31,10 +35,12 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 pub fn render(info: &VmInfo) -> String {
     format!(
-        "hypervisor={}\nstarted={}\napp={}\n",
+        "hypervisor={}\nstarted={}\napp={}\npublish={}\nforward={}\n",
         info.hypervisor,
         info.started,
-        hex(info.app.join("\0").as_bytes())
+        hex(info.app.join("\0").as_bytes()),
+        info.publish.join(","),
+        info.forward.join(","),
     )
 }
 
@@ -43,12 +49,17 @@ pub fn parse(text: &str) -> Option<VmInfo> {
         hypervisor: String::new(),
         app: Vec::new(),
         started: 0,
+        publish: Vec::new(),
+        forward: Vec::new(),
     };
     for line in text.lines() {
         let (key, value) = line.split_once('=')?;
         match key {
             "hypervisor" => info.hypervisor = value.to_string(),
             "started" => info.started = value.parse().ok()?,
+            "publish" | "forward" if value.is_empty() => {}
+            "publish" => info.publish = value.split(',').map(String::from).collect(),
+            "forward" => info.forward = value.split(',').map(String::from).collect(),
             "app" if value.is_empty() => {}
             "app" => {
                 let joined = String::from_utf8(unhex(value)?).ok()?;
@@ -61,7 +72,7 @@ pub fn parse(text: &str) -> Option<VmInfo> {
 }
 
 /// Records the VM's facts in its run dir (best effort: `list` shows "-" without them).
-pub fn write(rundir: &Path, hypervisor: &str, app: &[String]) {
+pub fn write(rundir: &Path, hypervisor: &str, app: &[String], ports: (&[String], &[String])) {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -69,12 +80,20 @@ pub fn write(rundir: &Path, hypervisor: &str, app: &[String]) {
         hypervisor: hypervisor.to_string(),
         app: app.to_vec(),
         started,
+        publish: ports.0.to_vec(),
+        forward: ports.1.to_vec(),
     };
     let _ = std::fs::write(rundir.join(FILE), render(&info));
 }
 
 pub fn read(rundir: &Path) -> Option<VmInfo> {
     parse(&std::fs::read_to_string(rundir.join(FILE)).ok()?)
+}
+
+/// A JSON array of string literals.
+pub fn json_strings(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| json_string(s)).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// A JSON string literal.
@@ -106,6 +125,8 @@ mod tests {
             hypervisor: "qemu".into(),
             app: vec!["sh".into(), "-c".into(), "echo a=b\nhypervisor=x".into()],
             started: 1_700_000_000,
+            publish: vec!["127.0.0.1:8080:80/tcp".into(), "[::1]:1:2/tcp".into()],
+            forward: vec!["5432:127.0.0.1:5432".into()],
         };
         assert_eq!(parse(&render(&info)), Some(info));
         assert_eq!(parse("garbage"), None);

@@ -330,6 +330,8 @@ fn boot_in_process(env: &Env, qemu: &Path, helper: &Path) -> LaunchError {
         interrupt: None,
         vhost_device_vsock: helper.to_path_buf(),
         use_vhost: false,
+        publish: Vec::new(),
+        forward: Vec::new(),
     };
     match RunningVm::boot(opts) {
         Ok(vm) => {

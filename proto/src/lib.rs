@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod cmdline;
 pub mod disks;
+pub mod forward;
 pub mod listener;
 pub mod redact;
 #[cfg(feature = "grpc")]

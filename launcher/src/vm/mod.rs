@@ -30,6 +30,7 @@ use crate::host_services::{CrashConfig, HostServices, VmEvent};
 use crate::hypervisor::{Disk, HypervisorError, Rootfs, Stop};
 use crate::log_forward::LogSink;
 use crate::pool::{Lease, Pool, PoolConfig, PoolError};
+use crate::port_forward::{ForwardSpec, PortError, PortForwards, PublishSpec};
 use crate::tap::Tap;
 use children::{request_stop, Helper, Hypervisor};
 use steps::{HvStart, RunDir};
@@ -67,6 +68,9 @@ pub struct VmOptions {
     pub interrupt: Option<Receiver<i32>>,
     pub vhost_device_vsock: PathBuf,
     pub use_vhost: bool,
+    /// `--publish` (host listeners bound before boot) and `--forward`.
+    pub publish: Vec<PublishSpec>,
+    pub forward: Vec<ForwardSpec>,
 }
 
 #[derive(Debug)]
@@ -100,6 +104,7 @@ pub enum LaunchError {
     Missing(&'static str),
     Call(CallError),
     Tap(crate::tap::TapError),
+    Ports(PortError),
 }
 
 impl fmt::Display for LaunchError {
@@ -126,6 +131,7 @@ impl fmt::Display for LaunchError {
             Self::Missing(what) => write!(f, "{what} is required; see --help"),
             Self::Call(e) => e.fmt(f),
             Self::Tap(e) => e.fmt(f),
+            Self::Ports(e) => e.fmt(f),
         }
     }
 }
@@ -150,6 +156,8 @@ pub enum Ended {
 /// A booted VM. Its fields drop in declaration order, which is teardown order: the
 /// hypervisor is killed and reaped first, the lease is released last.
 pub struct RunningVm {
+    /// Published and forwarded ports: stopped first.
+    ports: PortForwards,
     hv: Hypervisor,
     helper: Option<Helper>,
     tap: Option<Tap>,
@@ -173,6 +181,8 @@ impl RunningVm {
     /// so far is released again (each step's guard drops).
     pub fn boot(opts: VmOptions) -> Result<RunningVm, LaunchError> {
         let clock = steps::BootClock::start();
+        // First: a host port in use is an error before anything else is acquired.
+        let ports = PortForwards::bind(&opts.publish, &opts.forward).map_err(LaunchError::Ports)?;
         let pool = Pool::open(opts.pool.clone()).map_err(LaunchError::Pool)?;
         reclaim(&pool);
         let lease = pool
@@ -231,6 +241,7 @@ impl RunningVm {
             token.clone(),
         );
         let mut vm = RunningVm {
+            ports,
             hv,
             helper,
             tap,
@@ -259,7 +270,12 @@ impl RunningVm {
             return Err(e);
         }
         clock.mark("VmReady");
-        if let Err(e) = vm.configure_network() {
+        let configured = vm.configure_network().and_then(|()| {
+            vm.ports
+                .start(&vm.maitred_addr, &vm.token)
+                .map_err(LaunchError::Ports)
+        });
+        if let Err(e) = configured {
             vm.teardown(true);
             return Err(e);
         }
@@ -375,6 +391,7 @@ impl RunningVm {
     /// Stops everything and releases every resource. `ask_guest`: try the Shutdown RPC first.
     pub fn teardown(mut self, ask_guest: bool) {
         self.show_console.store(false, Ordering::SeqCst);
+        self.ports.stop();
         if ask_guest && !self.hv.wait_exit(Duration::ZERO) {
             let _ = self.maitred.call(SHUTDOWN_RPC_DEADLINE, |ch, opt| {
                 MaitredClient::new(ch).shutdown_opt(&EmptyMessage::new(), opt)
