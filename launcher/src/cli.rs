@@ -11,6 +11,7 @@ use crate::disk_config::DiskArg;
 use crate::hypervisor::{accel, Accel};
 use crate::log_forward::LogSink;
 use crate::pool::{self, PoolConfig};
+use crate::volume::VolumeArg;
 
 pub const USAGE: &str = "\
 usage: vm_launcher <command> [options]
@@ -52,6 +53,10 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
                          Nth as disk:diskN (its virtio-blk serial; lkvm has no serials,
                          its guests see disks in the order rootfs, container, vm_tools,
                          disk0, …)
+  --volume HOST:GUEST[:ro|rw]  share the host directory HOST at GUEST in the guest (and
+                         in --container's container), read-write unless :ro (enforced by
+                         the host side: QEMU refuses the writes); repeatable, up to 8.
+                         GUEST is absolute, outside /proc /sys /dev /run /tmp; virtio-9p
   --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
                          host-mode maitred as a child process (tests and demos)
   --accel auto|kvm|tcg   QEMU accelerator. auto (default): KVM when /dev/kvm works, which
@@ -125,6 +130,8 @@ pub struct RunArgs {
     pub container_rw: bool,
     /// `--disk`, in command-line order (disk0, disk1, …).
     pub disks: Vec<DiskArg>,
+    /// `--volume`, in command-line order (tags vmvol0, vmvol1, …).
+    pub volumes: Vec<VolumeArg>,
     pub hypervisor: HypervisorName,
     /// `--accel`; None is auto (decided by `hypervisor::accel::Probe` before boot).
     pub accel: Option<Accel>,
@@ -227,6 +234,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         container: None,
         container_rw: false,
         disks: Vec::new(),
+        volumes: Vec::new(),
         hypervisor: HypervisorName::Qemu,
         accel: None,
         mem_mib: 512,
@@ -292,6 +300,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--rootfs" => run.rootfs = Some(value()?.into()),
             "--vm-path" => run.vm_path = Some(value()?.into()),
             "--disk" => run.disks.push(DiskArg::parse(&value()?).map_err(CliError)?),
+            "--volume" => run
+                .volumes
+                .push(VolumeArg::parse(&value()?).map_err(CliError)?),
             "--hypervisor" => {
                 run.hypervisor = match value()?.as_str() {
                     "qemu" => HypervisorName::Qemu,
@@ -391,16 +402,19 @@ fn check_disks(run: &RunArgs) -> Result<(), CliError> {
             run.disks.len()
         )));
     }
+    vm_proto::volumes::check_set(run.volumes.iter().map(|v| v.guest.as_str()))
+        .map_err(|e| CliError(format!("--volume: {e}")))?;
     if run.hypervisor == HypervisorName::Process {
         let given = [
             ("--vm-path", run.vm_path.is_some()),
             ("--rootfs", run.rootfs.is_some()),
             ("--rootfs-rw", run.rootfs_rw),
             ("--disk", !run.disks.is_empty()),
+            ("--volume", !run.volumes.is_empty()),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
             return Err(CliError(format!(
-                "{flag}: --hypervisor process has no disks (--container takes a directory there)"
+                "{flag}: --hypervisor process has no disks or volumes (--container takes a directory there)"
             )));
         }
         return Ok(());
@@ -527,7 +541,7 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {
                 return Ok(Cli::Help(
-                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app",
+                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app,\nvolumes ([{host, guest, mode}])",
                 ));
             }
             let json = others.iter().any(|a| a == "--json");

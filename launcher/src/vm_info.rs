@@ -1,9 +1,12 @@
 //! What `list` shows beyond the lease: `<run dir>/vm.info`, written once the VM is ready
 //! (so its presence also means "running"): the hypervisor, the application and when it
-//! started. One `key=value` line each; the application's arguments are NUL-separated inside
-//! their value's hex, so no argument can break the format.
+//! started, its volumes. One `key=value` line each (`volume=` once per volume); the
+//! application's arguments are NUL-separated inside their value's hex, and a volume's paths
+//! are hex too, so no argument or path can break the format.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::volume::Volume;
 
 const FILE: &str = "vm.info";
 
@@ -13,6 +16,27 @@ pub struct VmInfo {
     pub app: Vec<String>,
     /// Unix seconds.
     pub started: u64,
+    pub volumes: Vec<VolumeInfo>,
+}
+
+/// A volume as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+impl VolumeInfo {
+    /// `{"host":…,"guest":…,"mode":"ro"|"rw"}`.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"host\":{},\"guest\":{},\"mode\":\"{}\"}}",
+            json_string(&self.host.to_string_lossy()),
+            json_string(&self.guest),
+            if self.read_only { "ro" } else { "rw" }
+        )
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -30,12 +54,36 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 pub fn render(info: &VmInfo) -> String {
-    format!(
+    use std::os::unix::ffi::OsStrExt;
+    let mut text = format!(
         "hypervisor={}\nstarted={}\napp={}\n",
         info.hypervisor,
         info.started,
         hex(info.app.join("\0").as_bytes())
-    )
+    );
+    for v in &info.volumes {
+        let mode = if v.read_only { "ro" } else { "rw" };
+        let (host, guest) = (hex(v.host.as_os_str().as_bytes()), hex(v.guest.as_bytes()));
+        text.push_str(&format!("volume={mode}:{host}:{guest}\n"));
+    }
+    text
+}
+
+fn parse_volume(value: &str) -> Option<VolumeInfo> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut parts = value.split(':');
+    let read_only = match parts.next()? {
+        "ro" => true,
+        "rw" => false,
+        _ => return None,
+    };
+    let host = std::ffi::OsString::from_vec(unhex(parts.next()?)?).into();
+    let guest = String::from_utf8(unhex(parts.next()?)?).ok()?;
+    Some(VolumeInfo {
+        host,
+        guest,
+        read_only,
+    })
 }
 
 pub fn parse(text: &str) -> Option<VmInfo> {
@@ -43,6 +91,7 @@ pub fn parse(text: &str) -> Option<VmInfo> {
         hypervisor: String::new(),
         app: Vec::new(),
         started: 0,
+        volumes: Vec::new(),
     };
     for line in text.lines() {
         let (key, value) = line.split_once('=')?;
@@ -54,6 +103,7 @@ pub fn parse(text: &str) -> Option<VmInfo> {
                 let joined = String::from_utf8(unhex(value)?).ok()?;
                 info.app = joined.split('\0').map(String::from).collect();
             }
+            "volume" => info.volumes.push(parse_volume(value)?),
             _ => {}
         }
     }
@@ -61,7 +111,7 @@ pub fn parse(text: &str) -> Option<VmInfo> {
 }
 
 /// Records the VM's facts in its run dir (best effort: `list` shows "-" without them).
-pub fn write(rundir: &Path, hypervisor: &str, app: &[String]) {
+pub fn write(rundir: &Path, hypervisor: &str, app: &[String], volumes: &[Volume]) {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -69,6 +119,14 @@ pub fn write(rundir: &Path, hypervisor: &str, app: &[String]) {
         hypervisor: hypervisor.to_string(),
         app: app.to_vec(),
         started,
+        volumes: volumes
+            .iter()
+            .map(|v| VolumeInfo {
+                host: v.host.clone(),
+                guest: v.guest.clone(),
+                read_only: v.read_only,
+            })
+            .collect(),
     };
     let _ = std::fs::write(rundir.join(FILE), render(&info));
 }
@@ -106,8 +164,25 @@ mod tests {
             hypervisor: "qemu".into(),
             app: vec!["sh".into(), "-c".into(), "echo a=b\nhypervisor=x".into()],
             started: 1_700_000_000,
+            volumes: vec![
+                VolumeInfo {
+                    host: "/h/a:b\nvolume=x".into(),
+                    guest: "/data".into(),
+                    read_only: false,
+                },
+                VolumeInfo {
+                    host: "/h/ro".into(),
+                    guest: "/srv/my site".into(),
+                    read_only: true,
+                },
+            ],
         };
-        assert_eq!(parse(&render(&info)), Some(info));
+        assert_eq!(parse(&render(&info)), Some(info.clone()));
+        assert_eq!(
+            info.volumes[1].to_json(),
+            r#"{"host":"/h/ro","guest":"/srv/my site","mode":"ro"}"#
+        );
+        assert_eq!(parse("volume=rx:00:00"), None);
         assert_eq!(parse("garbage"), None);
         assert_eq!(parse("app=zz"), None);
     }

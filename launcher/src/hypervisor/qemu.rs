@@ -11,6 +11,15 @@
 //! property); we allow [`READCONFIG_APPEND_MAX`]. The file can be removed once QEMU runs (it is
 //! read during option parsing). The QMP socket can still read it back (`qom-get /machine
 //! append`), so the control socket must live in the VM's private directory.
+//!
+//! Shares: `-fsdev local,security_model=mapped-xattr[,readonly=on]` plus a `virtio-9p-pci`
+//! device per share. QEMU's local back-end resolves every guest path component by component
+//! with `openat(…, O_NOFOLLOW)` under the shared directory, so neither `..` nor a symlink
+//! leads out of it; `readonly=on` makes QEMU refuse every write (EROFS) whatever the guest
+//! mounts. `mapped-xattr` keeps the guest's owners and modes in `user.virtfs.*` xattrs
+//! instead of applying them: a guest cannot make a set-uid file on the host, even when QEMU
+//! runs as root (it needs a host filesystem with user xattrs: ext4, xfs, btrfs; tmpfs only
+//! from Linux 6.6).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,7 +27,7 @@ use std::path::{Path, PathBuf};
 use vm_proto::disks::ROOTFS;
 
 use super::{concat, HvCommand, Hypervisor, HypervisorError, PrivateFile, Stop, VmSpec};
-use super::{Accel, VsockBackend};
+use super::{Accel, Share, VsockBackend};
 
 const NAME: &str = "qemu";
 /// The longest command line we put in a `-readconfig` file (QEMU 7.2 reads up to 1012).
@@ -109,6 +118,26 @@ impl Qemu {
         Ok(())
     }
 
+    /// One virtio-9p share: the fsdev (the host directory) and its device with the mount tag.
+    fn share_args(&self, share: &Share, cmd: &mut HvCommand) {
+        let ro = if share.read_only { ",readonly=on" } else { "" };
+        let id = format!("fs-{}", share.tag);
+        let fsdev = format!(",security_model=mapped-xattr{ro}");
+        cmd.pair(
+            "-fsdev",
+            concat(
+                &format!("local,id={id},path="),
+                &escape(&share.path),
+                &fsdev,
+            ),
+        );
+        let device = self.device("virtio-9p-pci");
+        cmd.pair(
+            "-device",
+            format!("{device},fsdev={id},mount_tag={}", share.tag),
+        );
+    }
+
     /// One virtio-blk disk whose serial is its identity: `-drive if=none` plus a device (PCI
     /// on q35, virtio-mmio on microvm). On q35 the devices take PCI slots in argv order, so
     /// the first disk given is `/dev/vda`.
@@ -170,6 +199,9 @@ impl Hypervisor for Qemu {
         }
         for disk in &spec.disks {
             self.disk_args(&disk.id, &disk.path, disk.read_only, &mut cmd);
+        }
+        for share in &spec.shares {
+            self.share_args(share, &mut cmd);
         }
         match &spec.vsock {
             VsockBackend::Vhost { cid } => {
@@ -258,6 +290,8 @@ mod tests {
         assert_eq!(values_of(&a, "-drive"), drives);
         let tap = "tap,id=net0,ifname=vmtap5,script=no,downscript=no";
         assert_eq!(value_of(&a, "-netdev"), Some(tap));
+        let fsdev = "local,id=fs-vmvol0,path=/h/src,security_model=mapped-xattr";
+        assert_eq!(values_of(&a, "-fsdev"), [fsdev]);
         let nic = "virtio-net-pci,netdev=net0,mac=02:00:5e:10:00:01";
         assert_eq!(
             values_of(&a, "-device"),
@@ -265,12 +299,37 @@ mod tests {
                 "virtio-blk-pci,drive=blk-rootfs,serial=rootfs",
                 "virtio-blk-pci,drive=blk-container,serial=container",
                 "virtio-blk-pci,drive=blk-disk0,serial=disk0",
+                "virtio-9p-pci,fsdev=fs-vmvol0,mount_tag=vmvol0",
                 "vhost-vsock-pci,guest-cid=5",
                 "virtio-rng-pci",
                 nic
             ]
         );
         assert_eq!(value_of(&a, "-object"), None);
+    }
+
+    #[test]
+    fn command_read_only_share_is_refused_by_qemu_itself() {
+        let mut spec = full_spec();
+        spec.shares.push(ro_share());
+        spec.shares[0].path = "/h/a,b".into();
+        let a = args(&Qemu::new(Accel::Tcg), &spec);
+        assert_eq!(
+            values_of(&a, "-fsdev"),
+            [
+                "local,id=fs-vmvol0,path=/h/a,,b,security_model=mapped-xattr",
+                "local,id=fs-vmvol1,path=/h/data,security_model=mapped-xattr,readonly=on",
+            ]
+        );
+        let devices = values_of(&a, "-device");
+        assert!(devices.contains(&"virtio-9p-pci,fsdev=fs-vmvol1,mount_tag=vmvol1"));
+        let microvm = Qemu {
+            machine: Machine::Microvm,
+            ..Qemu::new(Accel::Tcg)
+        };
+        let a = args(&microvm, &spec);
+        let devices = values_of(&a, "-device");
+        assert!(devices.contains(&"virtio-9p-device,fsdev=fs-vmvol0,mount_tag=vmvol0"));
     }
 
     #[test]
@@ -294,7 +353,7 @@ mod tests {
         let chardev = "socket,id=vsock0,path=/run/vm/vm-1/vhost.sock";
         assert_eq!(value_of(&a, "-chardev"), Some(chardev));
         assert_eq!(
-            values_of(&a, "-device")[3],
+            values_of(&a, "-device")[4],
             "vhost-user-vsock-pci,chardev=vsock0"
         );
         assert!(!a.iter().any(|x| x.contains("guest-cid")));
@@ -303,7 +362,7 @@ mod tests {
     #[test]
     fn command_bare_spec_has_no_optional_devices() {
         let a = args(&Qemu::new(Accel::Tcg), &bare_spec());
-        for flag in ["-drive", "-netdev"] {
+        for flag in ["-drive", "-netdev", "-fsdev"] {
             assert_eq!(value_of(&a, flag), None, "{flag}");
         }
         assert_eq!(value_of(&a, "-serial"), Some("stdio"));
@@ -418,6 +477,7 @@ mod tests {
             "virtio-blk-device,drive=blk-rootfs,serial=rootfs",
             "virtio-blk-device,drive=blk-container,serial=container",
             "virtio-blk-device,drive=blk-disk0,serial=disk0",
+            "virtio-9p-device,fsdev=fs-vmvol0,mount_tag=vmvol0",
             "vhost-vsock-device,guest-cid=5",
             "virtio-rng-device",
             nic,
