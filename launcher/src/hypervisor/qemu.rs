@@ -12,14 +12,19 @@
 //! read during option parsing). The QMP socket can still read it back (`qom-get /machine
 //! append`), so the control socket must live in the VM's private directory.
 //!
-//! Shares: `-fsdev local,security_model=mapped-xattr[,readonly=on]` plus a `virtio-9p-pci`
-//! device per share. QEMU's local back-end resolves every guest path component by component
-//! with `openat(…, O_NOFOLLOW)` under the shared directory, so neither `..` nor a symlink
-//! leads out of it; `readonly=on` makes QEMU refuse every write (EROFS) whatever the guest
-//! mounts. `mapped-xattr` keeps the guest's owners and modes in `user.virtfs.*` xattrs
-//! instead of applying them: a guest cannot make a set-uid file on the host, even when QEMU
-//! runs as root (it needs a host filesystem with user xattrs: ext4, xfs, btrfs; tmpfs only
-//! from Linux 6.6).
+//! Shares: `-fsdev local,security_model=none[,readonly=on]` plus a `virtio-9p-pci` device per
+//! share. QEMU's local back-end resolves every guest path component by component with
+//! `openat(…, O_NOFOLLOW)` under the shared directory (and `..` at its top stays there), so
+//! neither `..` nor a symlink leads out of it: a symlink is only ever resolved by the guest,
+//! inside the guest. `readonly=on` makes QEMU refuse every write (EROFS) whatever the guest
+//! mounts. `none` (passthrough without failing on chown) keeps host files as they are: host
+//! symlinks work in the guest, guest files get real modes on the host. Measured against
+//! `mapped-xattr`, which keeps the guest's owners and modes in xattrs instead: there every
+//! symlink made on the host reads as ELOOP in the guest (a source tree with links breaks),
+//! and it needs user xattrs on the host filesystem (tmpfs only from Linux 6.6). The cost of
+//! `none`, as with `docker run -v`: a read-write share gives the guest's root what QEMU's
+//! user may do in that directory (chmod, set-uid bits when QEMU runs as root); `:ro` for
+//! untrusted applications.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -122,7 +127,7 @@ impl Qemu {
     fn share_args(&self, share: &Share, cmd: &mut HvCommand) {
         let ro = if share.read_only { ",readonly=on" } else { "" };
         let id = format!("fs-{}", share.tag);
-        let fsdev = format!(",security_model=mapped-xattr{ro}");
+        let fsdev = format!(",security_model=none{ro}");
         cmd.pair(
             "-fsdev",
             concat(
@@ -290,7 +295,7 @@ mod tests {
         assert_eq!(values_of(&a, "-drive"), drives);
         let tap = "tap,id=net0,ifname=vmtap5,script=no,downscript=no";
         assert_eq!(value_of(&a, "-netdev"), Some(tap));
-        let fsdev = "local,id=fs-vmvol0,path=/h/src,security_model=mapped-xattr";
+        let fsdev = "local,id=fs-vmvol0,path=/h/src,security_model=none";
         assert_eq!(values_of(&a, "-fsdev"), [fsdev]);
         let nic = "virtio-net-pci,netdev=net0,mac=02:00:5e:10:00:01";
         assert_eq!(
@@ -317,8 +322,8 @@ mod tests {
         assert_eq!(
             values_of(&a, "-fsdev"),
             [
-                "local,id=fs-vmvol0,path=/h/a,,b,security_model=mapped-xattr",
-                "local,id=fs-vmvol1,path=/h/data,security_model=mapped-xattr,readonly=on",
+                "local,id=fs-vmvol0,path=/h/a,,b,security_model=none",
+                "local,id=fs-vmvol1,path=/h/data,security_model=none,readonly=on",
             ]
         );
         let devices = values_of(&a, "-device");
