@@ -391,9 +391,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     }
 }
 
-/// What the disk flags need: a kernel and a root filesystem, at most
-/// `vm_proto::disks::MAX_EXTRA_DISKS` extra disks, and a hypervisor (the process back-end
-/// has no disks).
+/// What the disk and volume flags need: a kernel and a root filesystem, at most
+/// `vm_proto::disks::MAX_EXTRA_DISKS` extra disks, volumes at distinct guest paths
+/// (`vm_proto::volumes::check_set`), and a hypervisor (the process back-end has neither).
 fn check_disks(run: &RunArgs) -> Result<(), CliError> {
     let max = vm_proto::disks::MAX_EXTRA_DISKS;
     if run.disks.len() > max {
@@ -404,17 +404,21 @@ fn check_disks(run: &RunArgs) -> Result<(), CliError> {
     }
     vm_proto::volumes::check_set(run.volumes.iter().map(|v| v.guest.as_str()))
         .map_err(|e| CliError(format!("--volume: {e}")))?;
+    if run.hypervisor == HypervisorName::Process && !run.volumes.is_empty() {
+        return Err(CliError(
+            "--volume: --hypervisor process has no volumes (they are virtio-9p devices)".into(),
+        ));
+    }
     if run.hypervisor == HypervisorName::Process {
         let given = [
             ("--vm-path", run.vm_path.is_some()),
             ("--rootfs", run.rootfs.is_some()),
             ("--rootfs-rw", run.rootfs_rw),
             ("--disk", !run.disks.is_empty()),
-            ("--volume", !run.volumes.is_empty()),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
             return Err(CliError(format!(
-                "{flag}: --hypervisor process has no disks or volumes (--container takes a directory there)"
+                "{flag}: --hypervisor process has no disks (--container takes a directory there)"
             )));
         }
         return Ok(());

@@ -474,7 +474,7 @@ fn parse_bad_volumes_fail_before_boot_with_one_line() {
         (vec!["--volume", "/h:/a", "--volume", "/i:/a"], "overlap"),
         (
             vec!["--hypervisor", "process", "--volume", "/h:/a"],
-            "--volume: --hypervisor process has no disks or volumes",
+            "--volume: --hypervisor process has no volumes",
         ),
     ] {
         let mut a: Vec<&str> = base.to_vec();
