@@ -160,7 +160,8 @@ pub fn check_set<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<(), Vol
     Ok(())
 }
 
-fn valid_tag(tag: &str) -> bool {
+/// A 9p mount tag we use: 1 to 31 of A-Z a-z 0-9 _ -.
+pub fn valid_tag(tag: &str) -> bool {
     !tag.is_empty()
         && tag.len() <= 31
         && tag

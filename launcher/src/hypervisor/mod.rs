@@ -211,12 +211,7 @@ impl VmSpec {
             why,
         };
         for (i, share) in self.shares.iter().enumerate() {
-            let tag_ok = !share.tag.is_empty()
-                && share.tag.len() <= 31
-                && share
-                    .tag
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let tag_ok = vm_proto::volumes::valid_tag(&share.tag);
             if !tag_ok {
                 let why = format!("{:?}: use 1 to 31 of A-Z a-z 0-9 _ -", share.tag);
                 return Err(bad("share tag", why));
