@@ -303,3 +303,34 @@ fn bad_volume_specs_fail_before_boot_with_one_line() {
         );
     }
 }
+
+/// A read-only container image without the volume's directory: one clear line naming the
+/// way out; with `--container-rw` the directory is made and the volume is there.
+#[test]
+fn container_mount_point_is_made_only_in_a_writable_image() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "shared\n").unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    busybox_root(rootfs.path(), APPLETS);
+    let spec = format!("{}:/srv/data", host.path().display());
+    let rootfs_arg = rootfs.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let runtime = tempfile::tempdir().unwrap();
+        let mut args = vec!["--volume", &spec, "--container", rootfs_arg];
+        args.extend_from_slice(extra);
+        args.extend(["--", "cat", "/srv/data/f"]);
+        vm_cmd(runtime.path(), "run", &args).output().unwrap()
+    };
+    let out = run(&[]);
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("volume /srv/data: cannot create its mount point in the container")
+            && stderr.contains("--container-rw"),
+        "{}",
+        show(&out)
+    );
+    let out = run(&["--container-rw"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.stdout, b"shared\n", "{}", show(&out));
+}
