@@ -1,7 +1,8 @@
 //! LaunchProcess in a container, maitred's half: check the request, mount the container's
 //! root filesystem (a device path, or a disk by identity: `disk:<ID>`, see `disks`), check
 //! the program is in it, and turn the process into
-//! `maitred --container-init …` (see `container_init`), which builds the namespaces.
+//! `maitred --container-init …` (see `container_init`), which builds the namespaces. The
+//! VM's volumes are bound under the root first (see `volumes`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub enum ContainerError {
         root: PathBuf,
     },
     NoSelf(String),
+    Volume(crate::volumes::BindError),
 }
 
 impl ContainerError {
@@ -42,6 +44,7 @@ impl ContainerError {
             Self::Disk(e) => e.errno(),
             Self::ProgramMissing { .. } | Self::BadRootfs(_) => libc::ENOENT,
             Self::NoRootfs | Self::NoSelf(_) => libc::EINVAL,
+            Self::Volume(e) => e.errno as i32,
         }
     }
 }
@@ -63,6 +66,7 @@ impl fmt::Display for ContainerError {
                 root.display()
             ),
             Self::NoSelf(e) => write!(f, "container: cannot find maitred's own binary: {e}"),
+            Self::Volume(e) => write!(f, "container: {e}"),
         }
     }
 }
@@ -147,6 +151,8 @@ pub fn wrap(
             root,
         });
     }
+    // The VM's volumes at the same paths inside (container_init binds the root recursively).
+    crate::volumes::bind_into(&root).map_err(ContainerError::Volume)?;
     let me = std::env::current_exe().map_err(|e| ContainerError::NoSelf(e.to_string()))?;
     let hostname = match spec.get_hostname() {
         "" => vm_id,

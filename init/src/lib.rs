@@ -15,6 +15,7 @@
 //!   terminal, signals, exit) on the exec port.
 //! - `port_forward`: `--publish` and `--forward` (connections relayed to and from guest
 //!   TCP ports) on the forward port.
+//! - `volumes`: `--volume` shares (virtio-9p) mounted at boot and bound into containers.
 //! - `sys`: the raw system calls, each with its safety argument.
 //!
 //! [`run_main`] is the whole program: `main.rs` (the standalone `maitred`, which the host
@@ -44,6 +45,7 @@ mod services;
 mod shutdown;
 mod spawn;
 mod sys;
+mod volumes;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -132,6 +134,10 @@ fn run(config: Config) -> ! {
         .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
     if pid1 {
         pid1::set_hostname(&params.vm_id);
+        // Before any service or the application: the user asked for these files.
+        if let Err(e) = volumes::mount_all(&config.cmdline) {
+            fatal(pid1, &e.to_string());
+        }
     }
 
     let env = vm_proto::grpc_environment("maitred");

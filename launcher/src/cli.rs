@@ -12,6 +12,7 @@ use crate::hypervisor::{accel, Accel};
 use crate::log_forward::LogSink;
 use crate::pool::{self, PoolConfig};
 use crate::port_forward::{ForwardSpec, PublishSpec, SpecError};
+use crate::volume::VolumeArg;
 
 pub const USAGE: &str = "\
 usage: vm_launcher <command> [options]
@@ -53,6 +54,10 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
                          Nth as disk:diskN (its virtio-blk serial; lkvm has no serials,
                          its guests see disks in the order rootfs, container, vm_tools,
                          disk0, …)
+  --volume HOST:GUEST[:ro|rw]  share the host directory HOST at GUEST in the guest (and
+                         in --container's container), read-write unless :ro (enforced by
+                         the host side: QEMU refuses the writes); repeatable, up to 8.
+                         GUEST is absolute, outside /proc /sys /dev /run /tmp; virtio-9p
   --hypervisor NAME      qemu (default), crosvm, lkvm, or process: no hypervisor at all,
                          host-mode maitred as a child process (tests and demos)
   --accel auto|kvm|tcg   QEMU accelerator. auto (default): KVM when /dev/kvm works, which
@@ -136,6 +141,8 @@ pub struct RunArgs {
     pub container_rw: bool,
     /// `--disk`, in command-line order (disk0, disk1, …).
     pub disks: Vec<DiskArg>,
+    /// `--volume`, in command-line order (tags vmvol0, vmvol1, …).
+    pub volumes: Vec<VolumeArg>,
     pub hypervisor: HypervisorName,
     /// `--accel`; None is auto (decided by `hypervisor::accel::Probe` before boot).
     pub accel: Option<Accel>,
@@ -241,6 +248,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         container: None,
         container_rw: false,
         disks: Vec::new(),
+        volumes: Vec::new(),
         hypervisor: HypervisorName::Qemu,
         accel: None,
         mem_mib: 512,
@@ -310,6 +318,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             "--rootfs" => run.rootfs = Some(value()?.into()),
             "--vm-path" => run.vm_path = Some(value()?.into()),
             "--disk" => run.disks.push(DiskArg::parse(&value()?).map_err(CliError)?),
+            "--volume" => run
+                .volumes
+                .push(VolumeArg::parse(&value()?).map_err(CliError)?),
             "--hypervisor" => {
                 run.hypervisor = match value()?.as_str() {
                     "qemu" => HypervisorName::Qemu,
@@ -420,9 +431,9 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     }
 }
 
-/// What the disk flags need: a kernel and a root filesystem, at most
-/// `vm_proto::disks::MAX_EXTRA_DISKS` extra disks, and a hypervisor (the process back-end
-/// has no disks).
+/// What the disk and volume flags need: a kernel and a root filesystem, at most
+/// `vm_proto::disks::MAX_EXTRA_DISKS` extra disks, volumes at distinct guest paths
+/// (`vm_proto::volumes::check_set`), and a hypervisor (the process back-end has neither).
 fn check_disks(run: &RunArgs) -> Result<(), CliError> {
     let max = vm_proto::disks::MAX_EXTRA_DISKS;
     if run.disks.len() > max {
@@ -430,6 +441,13 @@ fn check_disks(run: &RunArgs) -> Result<(), CliError> {
             "--disk given {} times; a VM takes at most {max} extra disks",
             run.disks.len()
         )));
+    }
+    vm_proto::volumes::check_set(run.volumes.iter().map(|v| v.guest.as_str()))
+        .map_err(|e| CliError(format!("--volume: {e}")))?;
+    if run.hypervisor == HypervisorName::Process && !run.volumes.is_empty() {
+        return Err(CliError(
+            "--volume: --hypervisor process has no volumes (they are virtio-9p devices)".into(),
+        ));
     }
     if run.hypervisor == HypervisorName::Process {
         let given = [
@@ -567,7 +585,7 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {
                 return Ok(Cli::Help(
-                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app, publish, forward",
+                    "usage: vm_launcher list [--json] [--runtime-dir DIR]\n\n--json: one JSON array of objects: id, cid, pid, state, started (Unix\nseconds), guest_ip, host_port, hypervisor, app, publish, forward,\nvolumes ([{host, guest, mode}])",
                 ));
             }
             let json = others.iter().any(|a| a == "--json");

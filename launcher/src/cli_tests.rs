@@ -471,3 +471,64 @@ fn parse_accel_auto_is_the_default() {
         "{err}"
     );
 }
+
+#[test]
+fn parse_volumes_in_order_on_run_and_start() {
+    for command in ["run", "start"] {
+        let cli = parse(&args(&[
+            command,
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--volume",
+            "/h/src:/src",
+            "--volume",
+            "/h/data:/data:ro",
+            "--",
+            "x",
+        ]))
+        .unwrap();
+        let (Cli::Run(run) | Cli::Start(run)) = cli else {
+            panic!("{cli:?}")
+        };
+        let guest: Vec<(&str, bool)> = run
+            .volumes
+            .iter()
+            .map(|v| (v.guest.as_str(), v.read_only))
+            .collect();
+        assert_eq!(guest, [("/src", false), ("/data", true)]);
+        assert_eq!(run.volumes[1].host, PathBuf::from("/h/data"));
+    }
+}
+
+#[test]
+fn parse_bad_volumes_fail_before_boot_with_one_line() {
+    let base = ["start", "--kernel", "k", "--initrd", "i"];
+    for (extra, want) in [
+        (vec!["--volume"], "--volume needs a value"),
+        (vec!["--volume", "/h"], "no guest path"),
+        (vec!["--volume", "/h:rel"], "must be absolute"),
+        (vec!["--volume", "/h:/a/../b"], ". or .."),
+        (vec!["--volume", "/h:/g:rwx"], "neither ro nor rw"),
+        (vec!["--volume", "/h:/a", "--volume", "/i:/a/b"], "overlap"),
+        (vec!["--volume", "/h:/a", "--volume", "/i:/a"], "overlap"),
+        (
+            vec!["--hypervisor", "process", "--volume", "/h:/a"],
+            "--volume: --hypervisor process has no volumes",
+        ),
+    ] {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend(extra.iter().copied());
+        let err = parse(&args(&a)).unwrap_err().to_string();
+        assert!(err.contains(want), "{a:?}: {err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+    let mut nine = base.to_vec();
+    let specs: Vec<String> = (0..9).map(|i| format!("/h:/v{i}")).collect();
+    for spec in &specs {
+        nine.extend(["--volume", spec.as_str()]);
+    }
+    let err = parse(&args(&nine)).unwrap_err().to_string();
+    assert!(err.contains("at most 8"), "{err}");
+}

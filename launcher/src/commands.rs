@@ -25,6 +25,7 @@ use crate::stream_client;
 use crate::sys;
 use crate::vm::{Ended, LaunchError, RunningVm, VmOptions};
 use crate::vm_info;
+use crate::volume;
 
 /// Exit status when the VM could not run the application to its end.
 pub const EXIT_LAUNCHER_FAILED: u8 = 125;
@@ -92,6 +93,7 @@ fn options(
 ) -> Result<VmOptions, String> {
     let runtime = runtime_dir(args.runtime_dir.clone());
     let pool = args.pool(runtime.clone());
+    let volumes = volume::resolve(&args.volumes).map_err(|e| e.to_string())?;
     let backend = match args.hypervisor {
         HypervisorName::Qemu => {
             Backend::Qemu(Qemu::new(choose_accel(args.accel, files.kernel.as_deref())))
@@ -113,6 +115,7 @@ fn options(
         initrd: files.initrd,
         rootfs: files.rootfs,
         disks: files.disks,
+        volumes,
         mem_mib: args.mem_mib,
         cpus: args.cpus,
         params: args.params,
@@ -248,7 +251,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    vm_info::write(&vm.rundir, &hypervisor, &app, (&ports.0, &ports.1));
+    vm_info::write(
+        &vm.rundir,
+        &hypervisor,
+        &app,
+        (&ports.0, &ports.1),
+        &vm.volumes,
+    );
     vm.host.expect_application();
     let mut req = ExecRequest::new();
     req.set_argv(app.clone().into());
@@ -308,6 +317,9 @@ pub fn start(args: RunArgs) -> ExitCode {
         Ok(files) => files,
         Err(e) => return fail(e),
     };
+    if let Err(e) = volume::resolve(&args.volumes) {
+        return fail(e);
+    }
     let mut child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.hypervisor == HypervisorName::Qemu && args.accel.is_none() {
         // Decided here, so its line reaches the user; the background launcher is told.
@@ -386,7 +398,13 @@ fn serve_detached(args: RunArgs) -> ExitCode {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    vm_info::write(&vm.rundir, &hypervisor, &app, (&ports.0, &ports.1));
+    vm_info::write(
+        &vm.rundir,
+        &hypervisor,
+        &app,
+        (&ports.0, &ports.1),
+        &vm.volumes,
+    );
     let guest = stream::exec_address(&vm.maitred_addr);
     if let Err(e) = exec_broker::serve(&vm.rundir, guest, vm.token.clone()) {
         vm.teardown(true);
@@ -518,8 +536,12 @@ pub fn list(runtime: Option<PathBuf>, json: bool) -> ExitCode {
                 let ports = |pick: fn(&vm_info::VmInfo) -> &[String]| {
                     info.as_ref().map(|i| vm_info::json_strings(pick(i)))
                 };
+                let volumes = info.as_ref().map(|i| {
+                    let list: Vec<String> = i.volumes.iter().map(|v| v.to_json()).collect();
+                    format!("[{}]", list.join(","))
+                });
                 format!(
-                    "{{\"id\":{},\"cid\":{},\"pid\":{},\"state\":\"{}\",\"started\":{},\"guest_ip\":{},\"host_port\":{},\"hypervisor\":{},\"app\":{},\"publish\":{},\"forward\":{}}}",
+                    "{{\"id\":{},\"cid\":{},\"pid\":{},\"state\":\"{}\",\"started\":{},\"guest_ip\":{},\"host_port\":{},\"hypervisor\":{},\"app\":{},\"publish\":{},\"forward\":{},\"volumes\":{}}}",
                     vm_info::json_string(&l.id),
                     opt(l.cid.map(|v| v.to_string())),
                     opt(l.pid.map(|v| v.to_string())),
@@ -531,6 +553,7 @@ pub fn list(runtime: Option<PathBuf>, json: bool) -> ExitCode {
                     opt(app),
                     opt(ports(|i| &i.publish)),
                     opt(ports(|i| &i.forward)),
+                    opt(volumes),
                 )
             })
             .collect();

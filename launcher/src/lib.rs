@@ -8,6 +8,7 @@
 //! - `host_services`, `log_forward`, `crash_spool`: what the guest calls on the host.
 //! - `attach`, `stream_client`, `terminal`, `exec_broker`: the application's and `exec`'s
 //!   stdio, terminal and signals over the process I/O stream; `vm_info`: what `list` shows.
+//! - `volume`: `--volume` host directories, checked, as virtio-9p shares.
 
 pub mod attach;
 pub mod backend;
@@ -28,3 +29,4 @@ pub mod tap;
 pub mod terminal;
 pub mod vm;
 pub mod vm_info;
+pub mod volume;

@@ -313,6 +313,7 @@ fn boot_in_process(env: &Env, qemu: &Path, helper: &Path) -> LaunchError {
         initrd: Some(env.kernel.clone()),
         rootfs: None,
         disks: Vec::new(),
+        volumes: Vec::new(),
         mem_mib: 128,
         cpus: 1,
         params: Vec::new(),

@@ -25,6 +25,7 @@ pub mod stream;
 mod sys;
 pub mod time;
 pub mod transport;
+pub mod volumes;
 
 pub use address::{Address, AddressError};
 pub use auth::{Token, TokenError};

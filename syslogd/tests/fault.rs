@@ -120,7 +120,7 @@ fn host_away_for_10s_mid_burst_every_record_arrives_exactly_once() {
         repeated.windows(2).all(|w| w[1] == w[0] + 1)
             && repeated
                 .last()
-                .map_or(true, |last| *last == numbers[at_stop - 1]),
+                .is_none_or(|last| *last == numbers[at_stop - 1]),
         "only the tail written before the stop may repeat, as one run: {repeated:?}"
     );
     let rest = &after_stop[repeated.len()..];

@@ -14,6 +14,9 @@
 //! vhost-user vsock is `--vhost-user-vsock SOCKET` in both (newest crosvm also has the generic
 //! `--vhost-user type=vsock,socket=…`). crosvm needs KVM: it has no TCG.
 //!
+//! Shares are `--shared-dir PATH:TAG:type=p9` (crosvm's p9 server; a `:` in the path cannot
+//! be carried). It has no read-only mode, so a read-only share is refused.
+//!
 //! The token is on argv (`--params`): crosvm's `--cfg FILE.json` (`{"params": [...]}`) could
 //! hide it, but needs the experimental `config-file` build feature, so it is not used here.
 
@@ -22,7 +25,7 @@ use std::path::{Path, PathBuf};
 use vm_proto::disks::ROOTFS;
 
 use super::VsockBackend;
-use super::{concat, no_comma, HvCommand, Hypervisor, HypervisorError, Stop, VmSpec};
+use super::{concat, no_comma, no_separator, HvCommand, Hypervisor, HypervisorError, Stop, VmSpec};
 
 const NAME: &str = "crosvm";
 
@@ -82,6 +85,7 @@ impl Crosvm {
 impl Hypervisor for Crosvm {
     fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError> {
         spec.check(NAME)?;
+        spec.no_read_only_shares(NAME)?;
         let legacy = self.flags == CrosvmFlags::Legacy;
         let mut cmd = HvCommand::new(&self.program);
         cmd.arg("run");
@@ -108,6 +112,11 @@ impl Hypervisor for Crosvm {
         }
         for disk in &spec.disks {
             self.disk_args(&disk.id, &disk.path, disk.read_only, false, &mut cmd)?;
+        }
+        for share in &spec.shares {
+            let path = no_separator(NAME, "share", &share.path, b':')?;
+            let opts = format!(":{}:type=p9", share.tag);
+            cmd.pair("--shared-dir", concat("", path, &opts));
         }
         if let Some(net) = &spec.net {
             if net.tap.contains(',') {
@@ -165,6 +174,7 @@ mod tests {
         assert_eq!(values_of(&a, "--block"), blocks);
         let net = "tap-name=vmtap5,mac=02:00:5e:10:00:01";
         assert_eq!(value_of(&a, "--net"), Some(net));
+        assert_eq!(values_of(&a, "--shared-dir"), ["/h/src:vmvol0:type=p9"]);
         let serial = "type=stdout,num=1,console=true,stdin=true";
         assert_eq!(value_of(&a, "--serial"), Some(serial));
         assert_eq!(value_of(&a, "--socket"), Some("/run/vm/vm-1/control.sock"));
@@ -220,7 +230,7 @@ mod tests {
     fn command_bare_spec_has_no_optional_devices() {
         let spec = bare_spec();
         let a = args(CrosvmFlags::Current, &spec);
-        for flag in ["--block", "--net"] {
+        for flag in ["--block", "--net", "--shared-dir"] {
             assert_eq!(value_of(&a, flag), None, "{flag}");
         }
         assert_eq!(value_of(&a, "--params"), Some(spec.cmdline.as_str()));
@@ -240,6 +250,30 @@ mod tests {
         spec.disks[0].path = "/img/c,d".into();
         let err = Crosvm::new(CrosvmFlags::Legacy).command(&spec).unwrap_err();
         assert!(err.to_string().contains("disk: \"/img/c,d\""), "{err}");
+    }
+
+    #[test]
+    fn command_read_only_or_colon_share_is_refused() {
+        let mut spec = full_spec();
+        spec.shares.push(ro_share());
+        for flags in [CrosvmFlags::Current, CrosvmFlags::Legacy] {
+            let err = Crosvm::new(flags).command(&spec).unwrap_err().to_string();
+            assert!(
+                err.contains("crosvm does not support read-only volumes"),
+                "{err}"
+            );
+        }
+        let mut spec = full_spec();
+        spec.shares[0].path = "/h/a:b".into();
+        let err = Crosvm::new(CrosvmFlags::Current)
+            .command(&spec)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("share: \"/h/a:b\" holds a ':'"),
+            "{err}"
+        );
+        let a = args(CrosvmFlags::Legacy, &full_spec());
+        assert_eq!(values_of(&a, "--shared-dir"), ["/h/src:vmvol0:type=p9"]);
     }
 
     #[test]

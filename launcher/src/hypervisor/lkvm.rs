@@ -6,6 +6,9 @@
 //! `host_ip`), it has no vhost-user vsock, and like crosvm it needs KVM and takes the token on
 //! argv (`-p`).
 //!
+//! Shares are `--9p PATH,TAG` (virtio-9p); it has no read-only mode, so a read-only share
+//! is refused.
+//!
 //! Disks: kvmtool's `-d PATH[,ro]` has no serial, so a kvmtool guest sees disks in probe
 //! order only, which is the order they are given: the root disk (`/dev/vda`), then the
 //! container, vm_tools and disk0…disk9 disks (`VmSpec::disks` in order). A guest that
@@ -34,6 +37,7 @@ impl Default for Lkvm {
 impl Hypervisor for Lkvm {
     fn command(&self, spec: &VmSpec) -> Result<HvCommand, HypervisorError> {
         spec.check(NAME)?;
+        spec.no_read_only_shares(NAME)?;
         let cid = match &spec.vsock {
             VsockBackend::Vhost { cid } => *cid,
             VsockBackend::VhostUser { .. } => {
@@ -55,6 +59,10 @@ impl Hypervisor for Lkvm {
         for (field, path, read_only) in root.chain(others) {
             let path = no_comma(NAME, field, path)?;
             cmd.pair("-d", concat("", path, if read_only { ",ro" } else { "" }));
+        }
+        for share in &spec.shares {
+            let path = no_comma(NAME, "share", &share.path)?;
+            cmd.pair("--9p", concat("", path, &format!(",{}", share.tag)));
         }
         cmd.pair("-m", spec.mem_mib.to_string());
         cmd.pair("-c", spec.cpus.to_string());
@@ -110,6 +118,7 @@ mod tests {
         assert_eq!(value_of(&a, "--vsock"), Some("5"));
         let net = "mode=tap,tapif=vmtap5,guest_mac=02:00:5e:10:00:01,host_ip=100.115.92.5";
         assert_eq!(value_of(&a, "-n"), Some(net));
+        assert_eq!(values_of(&a, "--9p"), ["/h/src,vmvol0"]);
         assert_eq!(value_of(&a, "--console"), Some("serial"));
     }
 
@@ -126,6 +135,7 @@ mod tests {
         let a = cmd.args_lossy();
         assert_eq!(value_of(&a, "-i"), None);
         assert_eq!(value_of(&a, "-n"), None);
+        assert_eq!(value_of(&a, "--9p"), None);
         assert_eq!(values_of(&a, "-d"), ["/img/rw.raw"]);
         let params = format!(
             "root=/dev/vda rw rootwait rootfstype=squashfs {}",
@@ -140,6 +150,21 @@ mod tests {
         spec.disks[1].path = "/img/a,b".into();
         let err = Lkvm::default().command(&spec).unwrap_err().to_string();
         assert!(err.contains("disk: \"/img/a,b\""), "{err}");
+    }
+
+    #[test]
+    fn command_read_only_or_comma_share_is_refused() {
+        let mut spec = full_spec();
+        spec.shares.push(ro_share());
+        let err = Lkvm::default().command(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("lkvm does not support read-only volumes"),
+            "{err}"
+        );
+        let mut spec = full_spec();
+        spec.shares[0].path = "/h/a,b".into();
+        let err = Lkvm::default().command(&spec).unwrap_err().to_string();
+        assert!(err.contains("share: \"/h/a,b\""), "{err}");
     }
 
     #[test]

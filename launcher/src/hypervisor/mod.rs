@@ -11,6 +11,11 @@
 //! [`VmSpec::disks`] in their order (container, vm_tools, disk0…disk9). Each disk carries its
 //! identity from `vm_proto::disks` as a virtio-blk serial where the back-end can set one
 //! (QEMU `serial=`, crosvm `id=`); kvmtool cannot, so its guests see probe order only.
+//!
+//! Shares (`--volume`): host directories over virtio-9p, one device per [`Share`], found in
+//! the guest by its mount tag (`vm_proto::volumes`). QEMU enforces a read-only share itself
+//! (`readonly=on`); crosvm's `--shared-dir` and kvmtool's `--9p` have no read-only mode, so
+//! they refuse one rather than leave it to the guest's mount flag.
 
 pub mod accel;
 pub mod crosvm;
@@ -94,6 +99,17 @@ pub struct Disk {
     pub read_only: bool,
 }
 
+/// A host directory shared with the guest over virtio-9p (`--volume`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The 9p mount tag the guest mounts it by (`vm_proto::volumes::tag`).
+    pub tag: String,
+    /// A directory (canonical).
+    pub path: PathBuf,
+    /// Refused by the host side: writes fail with EROFS whatever the guest mounts.
+    pub read_only: bool,
+}
+
 /// The root disk's device: it is always attached first.
 pub const ROOT_DEVICE: &str = "/dev/vda";
 
@@ -107,6 +123,8 @@ pub struct VmSpec {
     pub rootfs: Option<Rootfs>,
     /// Further disks, attached after the root disk in this order.
     pub disks: Vec<Disk>,
+    /// Host directories shared over virtio-9p.
+    pub shares: Vec<Share>,
     pub mem_mib: u32,
     pub cpus: u32,
     /// The guest kernel command line without the root disk's parameters (each back-end adds
@@ -128,6 +146,7 @@ impl fmt::Debug for VmSpec {
             .field("initrd", &self.initrd)
             .field("rootfs", &self.rootfs)
             .field("disks", &self.disks)
+            .field("shares", &self.shares)
             .field("mem_mib", &self.mem_mib)
             .field("cpus", &self.cpus)
             .field("cmdline", &redact(&self.cmdline))
@@ -180,6 +199,44 @@ impl VmSpec {
                 });
             }
             seen.push(&disk.id);
+        }
+        self.check_shares(hypervisor)
+    }
+
+    /// Share tags are valid and distinct; each share is a path without NUL.
+    fn check_shares(&self, hypervisor: &'static str) -> Result<(), HypervisorError> {
+        let bad = |field, why: String| HypervisorError::BadSpec {
+            hypervisor,
+            field,
+            why,
+        };
+        for (i, share) in self.shares.iter().enumerate() {
+            let tag_ok = vm_proto::volumes::valid_tag(&share.tag);
+            if !tag_ok {
+                let why = format!("{:?}: use 1 to 31 of A-Z a-z 0-9 _ -", share.tag);
+                return Err(bad("share tag", why));
+            }
+            if self.shares[..i].iter().any(|s| s.tag == share.tag) {
+                return Err(bad(
+                    "share tag",
+                    format!("{:?} names two shares", share.tag),
+                ));
+            }
+            if share.path.as_os_str().as_bytes().contains(&0) {
+                return Err(bad("share", format!("{:?} holds a NUL", share.path)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses read-only shares on a back-end that cannot enforce them on the host side.
+    fn no_read_only_shares(&self, hypervisor: &'static str) -> Result<(), HypervisorError> {
+        if self.shares.iter().any(|s| s.read_only) {
+            return Err(HypervisorError::Unsupported {
+                hypervisor,
+                feature: "read-only volumes (its 9p device has no read-only mode, and a guest mount flag alone is no protection)",
+                hint: "use --hypervisor qemu or a read-write volume",
+            });
         }
         Ok(())
     }
@@ -405,10 +462,20 @@ fn no_comma<'a>(
     field: &'static str,
     path: &'a Path,
 ) -> Result<&'a OsStr, HypervisorError> {
-    if path.as_os_str().as_bytes().contains(&b',') {
+    no_separator(hypervisor, field, path, b',')
+}
+
+/// Refuses a path holding `separator`, which the option syntax would split on.
+fn no_separator<'a>(
+    hypervisor: &'static str,
+    field: &'static str,
+    path: &'a Path,
+    separator: u8,
+) -> Result<&'a OsStr, HypervisorError> {
+    if path.as_os_str().as_bytes().contains(&separator) {
         let why = format!(
-            "{:?} holds a comma, which this option syntax cannot carry; rename it",
-            path
+            "{:?} holds a '{}', which this option syntax cannot carry; rename it",
+            path, separator as char
         );
         return Err(HypervisorError::BadSpec {
             hypervisor,
@@ -487,6 +554,30 @@ mod tests {
             path: "/img/x".into(),
             read_only: true,
         });
+        assert!(spec.check("test").is_ok());
+    }
+
+    #[test]
+    fn check_bad_or_repeated_share_tags_fail() {
+        for (tag, why) in [
+            ("", "use 1 to 31"),
+            ("a b", "use 1 to 31"),
+            ("vmvol0", "names two"),
+        ] {
+            let mut spec = full_spec();
+            spec.shares.push(Share {
+                tag: tag.into(),
+                path: "/h/x".into(),
+                read_only: false,
+            });
+            let err = spec.check("test").unwrap_err().to_string();
+            assert!(
+                err.contains("share tag") && err.contains(why),
+                "{tag}: {err}"
+            );
+        }
+        let mut spec = full_spec();
+        spec.shares.push(test_utils::ro_share());
         assert!(spec.check("test").is_ok());
     }
 

@@ -11,6 +11,20 @@
 //! property); we allow [`READCONFIG_APPEND_MAX`]. The file can be removed once QEMU runs (it is
 //! read during option parsing). The QMP socket can still read it back (`qom-get /machine
 //! append`), so the control socket must live in the VM's private directory.
+//!
+//! Shares: `-fsdev local,security_model=none[,readonly=on]` plus a `virtio-9p-pci` device per
+//! share. QEMU's local back-end resolves every guest path component by component with
+//! `openat(…, O_NOFOLLOW)` under the shared directory (and `..` at its top stays there), so
+//! neither `..` nor a symlink leads out of it: a symlink is only ever resolved by the guest,
+//! inside the guest. `readonly=on` makes QEMU refuse every write (EROFS) whatever the guest
+//! mounts. `none` (passthrough without failing on chown) keeps host files as they are: host
+//! symlinks work in the guest, guest files get real modes on the host. Measured against
+//! `mapped-xattr`, which keeps the guest's owners and modes in xattrs instead: there every
+//! symlink made on the host reads as ELOOP in the guest (a source tree with links breaks),
+//! and it needs user xattrs on the host filesystem (tmpfs only from Linux 6.6). The cost of
+//! `none`, as with `docker run -v`: a read-write share gives the guest's root what QEMU's
+//! user may do in that directory (chmod, set-uid bits when QEMU runs as root); `:ro` for
+//! untrusted applications.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,7 +32,7 @@ use std::path::{Path, PathBuf};
 use vm_proto::disks::ROOTFS;
 
 use super::{concat, HvCommand, Hypervisor, HypervisorError, PrivateFile, Stop, VmSpec};
-use super::{Accel, VsockBackend};
+use super::{Accel, Share, VsockBackend};
 
 const NAME: &str = "qemu";
 /// The longest command line we put in a `-readconfig` file (QEMU 7.2 reads up to 1012).
@@ -109,6 +123,26 @@ impl Qemu {
         Ok(())
     }
 
+    /// One virtio-9p share: the fsdev (the host directory) and its device with the mount tag.
+    fn share_args(&self, share: &Share, cmd: &mut HvCommand) {
+        let ro = if share.read_only { ",readonly=on" } else { "" };
+        let id = format!("fs-{}", share.tag);
+        let fsdev = format!(",security_model=none{ro}");
+        cmd.pair(
+            "-fsdev",
+            concat(
+                &format!("local,id={id},path="),
+                &escape(&share.path),
+                &fsdev,
+            ),
+        );
+        let device = self.device("virtio-9p-pci");
+        cmd.pair(
+            "-device",
+            format!("{device},fsdev={id},mount_tag={}", share.tag),
+        );
+    }
+
     /// One virtio-blk disk whose serial is its identity: `-drive if=none` plus a device (PCI
     /// on q35, virtio-mmio on microvm). On q35 the devices take PCI slots in argv order, so
     /// the first disk given is `/dev/vda`.
@@ -170,6 +204,9 @@ impl Hypervisor for Qemu {
         }
         for disk in &spec.disks {
             self.disk_args(&disk.id, &disk.path, disk.read_only, &mut cmd);
+        }
+        for share in &spec.shares {
+            self.share_args(share, &mut cmd);
         }
         match &spec.vsock {
             VsockBackend::Vhost { cid } => {
@@ -258,6 +295,8 @@ mod tests {
         assert_eq!(values_of(&a, "-drive"), drives);
         let tap = "tap,id=net0,ifname=vmtap5,script=no,downscript=no";
         assert_eq!(value_of(&a, "-netdev"), Some(tap));
+        let fsdev = "local,id=fs-vmvol0,path=/h/src,security_model=none";
+        assert_eq!(values_of(&a, "-fsdev"), [fsdev]);
         let nic = "virtio-net-pci,netdev=net0,mac=02:00:5e:10:00:01";
         assert_eq!(
             values_of(&a, "-device"),
@@ -265,12 +304,37 @@ mod tests {
                 "virtio-blk-pci,drive=blk-rootfs,serial=rootfs",
                 "virtio-blk-pci,drive=blk-container,serial=container",
                 "virtio-blk-pci,drive=blk-disk0,serial=disk0",
+                "virtio-9p-pci,fsdev=fs-vmvol0,mount_tag=vmvol0",
                 "vhost-vsock-pci,guest-cid=5",
                 "virtio-rng-pci",
                 nic
             ]
         );
         assert_eq!(value_of(&a, "-object"), None);
+    }
+
+    #[test]
+    fn command_read_only_share_is_refused_by_qemu_itself() {
+        let mut spec = full_spec();
+        spec.shares.push(ro_share());
+        spec.shares[0].path = "/h/a,b".into();
+        let a = args(&Qemu::new(Accel::Tcg), &spec);
+        assert_eq!(
+            values_of(&a, "-fsdev"),
+            [
+                "local,id=fs-vmvol0,path=/h/a,,b,security_model=none",
+                "local,id=fs-vmvol1,path=/h/data,security_model=none,readonly=on",
+            ]
+        );
+        let devices = values_of(&a, "-device");
+        assert!(devices.contains(&"virtio-9p-pci,fsdev=fs-vmvol1,mount_tag=vmvol1"));
+        let microvm = Qemu {
+            machine: Machine::Microvm,
+            ..Qemu::new(Accel::Tcg)
+        };
+        let a = args(&microvm, &spec);
+        let devices = values_of(&a, "-device");
+        assert!(devices.contains(&"virtio-9p-device,fsdev=fs-vmvol0,mount_tag=vmvol0"));
     }
 
     #[test]
@@ -294,7 +358,7 @@ mod tests {
         let chardev = "socket,id=vsock0,path=/run/vm/vm-1/vhost.sock";
         assert_eq!(value_of(&a, "-chardev"), Some(chardev));
         assert_eq!(
-            values_of(&a, "-device")[3],
+            values_of(&a, "-device")[4],
             "vhost-user-vsock-pci,chardev=vsock0"
         );
         assert!(!a.iter().any(|x| x.contains("guest-cid")));
@@ -303,7 +367,7 @@ mod tests {
     #[test]
     fn command_bare_spec_has_no_optional_devices() {
         let a = args(&Qemu::new(Accel::Tcg), &bare_spec());
-        for flag in ["-drive", "-netdev"] {
+        for flag in ["-drive", "-netdev", "-fsdev"] {
             assert_eq!(value_of(&a, flag), None, "{flag}");
         }
         assert_eq!(value_of(&a, "-serial"), Some("stdio"));
@@ -418,6 +482,7 @@ mod tests {
             "virtio-blk-device,drive=blk-rootfs,serial=rootfs",
             "virtio-blk-device,drive=blk-container,serial=container",
             "virtio-blk-device,drive=blk-disk0,serial=disk0",
+            "virtio-9p-device,fsdev=fs-vmvol0,mount_tag=vmvol0",
             "vhost-vsock-device,guest-cid=5",
             "virtio-rng-device",
             nic,

@@ -9,7 +9,7 @@ pub fn token_hex() -> String {
 }
 
 /// A VM with every option set: initrd, read-only ext4 rootfs, a read-only container disk and a
-/// read-write extra disk, net, vhost vsock.
+/// read-write extra disk, a read-write share, net, vhost vsock.
 pub fn full_spec() -> VmSpec {
     let params = GuestParams {
         token: Token::from_bytes([0xab; 32]),
@@ -37,6 +37,11 @@ pub fn full_spec() -> VmSpec {
                 read_only: false,
             },
         ],
+        shares: vec![Share {
+            tag: "vmvol0".into(),
+            path: "/h/src".into(),
+            read_only: false,
+        }],
         mem_mib: 512,
         cpus: 2,
         cmdline: format!("console=ttyS0 {}", params.to_cmdline()),
@@ -52,11 +57,12 @@ pub fn full_spec() -> VmSpec {
     }
 }
 
-/// Only what is required: an initrd, and no disks or net.
+/// Only what is required: an initrd, and no disks, shares or net.
 pub fn bare_spec() -> VmSpec {
     VmSpec {
         rootfs: None,
         disks: Vec::new(),
+        shares: Vec::new(),
         net: None,
         ..full_spec()
     }
@@ -74,4 +80,13 @@ pub fn values_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
         .filter(|w| w[0] == flag)
         .map(|w| w[1].as_str())
         .collect()
+}
+
+/// A read-only share (QEMU enforces it; crosvm and kvmtool refuse it).
+pub fn ro_share() -> Share {
+    Share {
+        tag: "vmvol1".into(),
+        path: "/h/data".into(),
+        read_only: true,
+    }
 }

@@ -32,6 +32,7 @@ use crate::log_forward::LogSink;
 use crate::pool::{Lease, Pool, PoolConfig, PoolError};
 use crate::port_forward::{ForwardSpec, PortError, PortForwards, PublishSpec};
 use crate::tap::Tap;
+use crate::volume::Volume;
 use children::{request_stop, Helper, Hypervisor};
 use steps::{HvStart, RunDir};
 
@@ -52,6 +53,8 @@ pub struct VmOptions {
     pub rootfs: Option<Rootfs>,
     /// Disks after the root disk, in attach order (see `disk_config`).
     pub disks: Vec<Disk>,
+    /// `--volume` directories, checked (see `volume::resolve`).
+    pub volumes: Vec<Volume>,
     pub mem_mib: u32,
     pub cpus: u32,
     pub params: Vec<String>,
@@ -105,6 +108,7 @@ pub enum LaunchError {
     Call(CallError),
     Tap(crate::tap::TapError),
     Ports(PortError),
+    Volume(vm_proto::volumes::VolumeError),
 }
 
 impl fmt::Display for LaunchError {
@@ -132,6 +136,7 @@ impl fmt::Display for LaunchError {
             Self::Call(e) => e.fmt(f),
             Self::Tap(e) => e.fmt(f),
             Self::Ports(e) => e.fmt(f),
+            Self::Volume(e) => write!(f, "--volume: {e}"),
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct RunningVm {
     pub maitred_addr: vm_proto::Address,
     /// The VM's access token, for streams that are not gRPC calls (process I/O).
     pub token: Token,
+    /// Its `--volume` directories (for `list`).
+    pub volumes: Vec<Volume>,
     maitred: Connector,
     stop: Option<Stop>,
     show_console: Arc<AtomicBool>,
@@ -200,7 +207,12 @@ impl RunningVm {
             lease.host_port(),
             opts.use_vhost,
         );
-        let cmdline = steps::kernel_cmdline(&opts.params, opts.console_to_stdout, &lease, &token);
+        let mut cmdline =
+            steps::kernel_cmdline(&opts.params, opts.console_to_stdout, &lease, &token);
+        // maitred mounts each share by its tag (volume::resolve has checked the list).
+        if let Some(key) = crate::volume::cmdline_key(&opts.volumes).map_err(LaunchError::Volume)? {
+            cmdline = format!("{cmdline} {key}");
+        }
         let trusted_pid = Arc::new(AtomicI32::new(0));
         let host = steps::start_host_services(
             &lease,
@@ -222,6 +234,7 @@ impl RunningVm {
             initrd: opts.initrd.as_ref(),
             rootfs: opts.rootfs.as_ref(),
             disks: &opts.disks,
+            shares: opts.volumes.iter().map(Volume::share).collect(),
             mem_mib: opts.mem_mib,
             cpus: opts.cpus,
             console_to_stdout: opts.console_to_stdout,
@@ -251,6 +264,7 @@ impl RunningVm {
             serial_log,
             maitred_addr: wiring.maitred,
             token,
+            volumes: opts.volumes,
             maitred,
             stop,
             show_console,

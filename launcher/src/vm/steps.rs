@@ -14,7 +14,7 @@ use super::children::{tee_console, write_private, Helper, Hypervisor};
 use super::{io, LaunchError};
 use crate::backend::{self, Backend, Wiring};
 use crate::host_services::{CrashConfig, HostServices};
-use crate::hypervisor::{Disk, HvCommand, NetSpec, Rootfs, Stop, VmSpec, VsockBackend};
+use crate::hypervisor::{Disk, HvCommand, NetSpec, Rootfs, Share, Stop, VmSpec, VsockBackend};
 use crate::log_forward::{LogForwarder, LogSink};
 use crate::pool::Lease;
 use crate::tap::Tap;
@@ -149,6 +149,7 @@ pub(super) struct HvStart<'a> {
     pub initrd: Option<&'a PathBuf>,
     pub rootfs: Option<&'a Rootfs>,
     pub disks: &'a [Disk],
+    pub shares: Vec<Share>,
     pub mem_mib: u32,
     pub cpus: u32,
     pub console_to_stdout: bool,
@@ -193,6 +194,7 @@ pub(super) fn start_hypervisor(s: HvStart<'_>) -> Result<(Hypervisor, Option<Sto
         initrd: s.initrd.cloned(),
         rootfs: s.rootfs.cloned(),
         disks: s.disks.to_vec(),
+        shares: s.shares,
         mem_mib: s.mem_mib,
         cpus: s.cpus,
         cmdline: s.cmdline,
