@@ -12,7 +12,7 @@ use std::time::Duration;
 use protobuf::Message;
 use vm_proto::protos::guest::ExecRequest;
 use vm_proto::server::PeerFilter;
-use vm_proto::stream::{self, ExitStatus, FrameError, Kind, WindowSize};
+use vm_proto::stream::{self, ExitStatus, Kind, WindowSize};
 use vm_proto::{Listener, Token};
 
 use crate::context::Context;
@@ -89,26 +89,8 @@ fn serve_connection(ctx: &Arc<Context>, fd: OwnedFd, token: &Token) {
 
 /// HELLO with the token, then START; any other frame or a wrong token is refused.
 fn handshake(conn: &mut UnixStream, token: &Token) -> Result<ExecRequest, String> {
-    let hello = stream::read_frame(conn).map_err(|e| e.to_string())?;
-    if hello.kind != Kind::Hello {
-        return Err(FrameError::Unexpected {
-            kind: hello.kind,
-            during: "before HELLO",
-        }
-        .to_string());
-    }
-    if !token.matches_header(&hello.payload) {
-        return Err("missing or invalid access token".into());
-    }
-    let start = stream::read_frame(conn).map_err(|e| e.to_string())?;
-    if start.kind != Kind::Start {
-        return Err(FrameError::Unexpected {
-            kind: start.kind,
-            during: "before START",
-        }
-        .to_string());
-    }
-    ExecRequest::parse_from_bytes(&start.payload)
+    let start = stream::accept_opening(conn, token, Kind::Start, "before START")?;
+    ExecRequest::parse_from_bytes(&start)
         .map_err(|e| format!("process stream: malformed START request: {e}"))
 }
 

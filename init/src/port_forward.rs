@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use vm_proto::forward::{self, Request};
 use vm_proto::server::PeerFilter;
-use vm_proto::stream::{self, FrameError, Kind};
+use vm_proto::stream;
 use vm_proto::{Listener, Token};
 
 use crate::context::Context;
@@ -169,26 +169,9 @@ fn serve_connection(shared: &Shared, fd: OwnedFd) {
 
 /// HELLO with the token, then the request; anything else is refused.
 fn handshake(conn: &mut UnixStream, token: &Token) -> Result<Request, String> {
-    let hello = stream::read_frame(conn).map_err(|e| e.to_string())?;
-    if hello.kind != Kind::Hello {
-        return Err(FrameError::Unexpected {
-            kind: hello.kind,
-            during: "before HELLO",
-        }
-        .to_string());
-    }
-    if !token.matches_header(&hello.payload) {
-        return Err("missing or invalid access token".into());
-    }
-    let request = stream::read_frame(conn).map_err(|e| e.to_string())?;
-    if request.kind != forward::REQUEST {
-        return Err(FrameError::Unexpected {
-            kind: request.kind,
-            during: "before the forward request",
-        }
-        .to_string());
-    }
-    Request::decode(&request.payload).map_err(|e| e.to_string())
+    let request =
+        stream::accept_opening(conn, token, forward::REQUEST, "before the forward request")?;
+    Request::decode(&request).map_err(|e| e.to_string())
 }
 
 /// OPEN: connect to the guest port (a refusal is ERROR at once) and relay.

@@ -142,11 +142,34 @@ fn options(
     })
 }
 
-/// `--publish` and `--forward` as `list` shows them.
-fn shown_ports(args: &RunArgs) -> (Vec<String>, Vec<String>) {
-    let publish = args.publish.iter().map(ToString::to_string).collect();
-    let forward = args.forward.iter().map(ToString::to_string).collect();
-    (publish, forward)
+/// What `list` shows of a VM that is known before it boots (the rest comes from the VM).
+struct Listed {
+    hypervisor: String,
+    app: Vec<String>,
+    publish: Vec<String>,
+    forward: Vec<String>,
+}
+
+impl Listed {
+    fn of(args: &RunArgs, app: &[String]) -> Listed {
+        Listed {
+            hypervisor: format!("{:?}", args.hypervisor).to_lowercase(),
+            app: app.to_vec(),
+            publish: args.publish.iter().map(ToString::to_string).collect(),
+            forward: args.forward.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Writes the VM's vm.info, which also marks it running.
+    fn record(&self, vm: &RunningVm) {
+        vm_info::write(
+            &vm.rundir,
+            &self.hypervisor,
+            &self.app,
+            (&self.publish, &self.forward),
+            &vm.volumes,
+        );
+    }
 }
 
 /// The container the application runs in, and the scratch disk image to delete afterwards.
@@ -244,20 +267,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let logs = args.log_dest.clone().unwrap_or_else(default_log_dest);
-    let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
-    let ports = shown_ports(&args);
+    let listed = Listed::of(&args, &app);
     let console = args.console;
     let vm = match boot(args, files, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    vm_info::write(
-        &vm.rundir,
-        &hypervisor,
-        &app,
-        (&ports.0, &ports.1),
-        &vm.volumes,
-    );
+    listed.record(&vm);
     vm.host.expect_application();
     let mut req = ExecRequest::new();
     req.set_argv(app.clone().into());
@@ -391,20 +407,13 @@ fn serve_detached(args: RunArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let logs = args.log_dest.clone().unwrap_or_else(LogSink::host_syslog);
-    let hypervisor = format!("{:?}", args.hypervisor).to_lowercase();
-    let ports = shown_ports(&args);
+    let listed = Listed::of(&args, &app);
     let console = args.console;
     let mut vm = match boot(args, files, logs, console, &signals) {
         Ok(vm) => vm,
         Err(code) => return code,
     };
-    vm_info::write(
-        &vm.rundir,
-        &hypervisor,
-        &app,
-        (&ports.0, &ports.1),
-        &vm.volumes,
-    );
+    listed.record(&vm);
     let guest = stream::exec_address(&vm.maitred_addr);
     if let Err(e) = exec_broker::serve(&vm.rundir, guest, vm.token.clone()) {
         vm.teardown(true);

@@ -13,25 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, spawn_until_ready};
-
-fn launcher() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vm_launcher"))
-}
-
-/// The process back-end runs maitred from beside vm_launcher: build it.
-fn ensure_maitred() {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "maitred"])
-            .current_dir(workspace)
-            .status()
-            .expect("run cargo build -p maitred");
-        assert!(status.success(), "cannot build maitred");
-    });
-}
+use common::{ensure_maitred, launcher, random_bytes, spawn_until_ready};
 
 fn run_cmd(runtime: &Path, flags: &[String]) -> Command {
     ensure_maitred();

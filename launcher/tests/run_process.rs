@@ -1,32 +1,12 @@
 //! vm_launcher driving host-mode maitred (the `process` back-end): the whole run/start/
 //! stop/list path over real sockets and real processes, without a hypervisor.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn launcher() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vm_launcher"))
-}
-
-/// The process back-end runs maitred from beside vm_launcher; build it if it is not there.
-fn ensure_maitred() {
-    let maitred = launcher().with_file_name("maitred");
-    if maitred.exists() {
-        return;
-    }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "maitred"])
-        .current_dir(workspace)
-        .status()
-        .expect("run cargo build -p maitred");
-    assert!(
-        status.success() && maitred.exists(),
-        "cannot build {}",
-        maitred.display()
-    );
-}
+use common::{ensure_maitred, launcher};
 
 fn run(runtime: &std::path::Path, app: &[&str]) -> Output {
     ensure_maitred();

@@ -12,29 +12,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_sigterm_reaches_the_application, pipe_through, random_bytes, send_signal,
-    spawn_until_ready, TERM_TRAP_APP,
+    assert_sigterm_reaches_the_application, ensure_maitred, launcher, pipe_through, random_bytes,
+    send_signal, spawn_until_ready, TERM_TRAP_APP,
 };
 use vm_proto::stream::{self, Kind};
-
-fn launcher() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vm_launcher"))
-}
-
-/// The process back-end runs maitred from beside vm_launcher: build it (cargo is quick when
-/// it is up to date, and a stale maitred would test old code).
-fn ensure_maitred() {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "maitred"])
-            .current_dir(workspace)
-            .status()
-            .expect("run cargo build -p maitred");
-        assert!(status.success(), "cannot build maitred");
-    });
-}
 
 fn cmd(runtime: &Path, args: &[&str]) -> Command {
     ensure_maitred();

@@ -178,6 +178,38 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, FrameError> {
     }
 }
 
+/// The server's side of a stream's opening: HELLO with the VM's `token`, then one frame of
+/// kind `request` (`before` says where another kind came instead, e.g. "before START");
+/// returns that frame's payload. Anything else is refused, with the reason for an ERROR
+/// frame.
+pub fn accept_opening(
+    r: &mut impl Read,
+    token: &crate::Token,
+    request: Kind,
+    before: &'static str,
+) -> Result<Vec<u8>, String> {
+    let hello = read_frame(r).map_err(|e| e.to_string())?;
+    if hello.kind != Kind::Hello {
+        return Err(FrameError::Unexpected {
+            kind: hello.kind,
+            during: "before HELLO",
+        }
+        .to_string());
+    }
+    if !token.matches_header(&hello.payload) {
+        return Err("missing or invalid access token".into());
+    }
+    let frame = read_frame(r).map_err(|e| e.to_string())?;
+    if frame.kind != request {
+        return Err(FrameError::Unexpected {
+            kind: frame.kind,
+            during: before,
+        }
+        .to_string());
+    }
+    Ok(frame.payload)
+}
+
 /// The header for a payload of `len` bytes.
 pub fn header(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
     let len = (len as u32).to_be_bytes();

@@ -17,6 +17,25 @@ use vm_proto::{grpc_environment, Address, CallError, Connector, Token};
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The vm_launcher binary under test.
+pub fn launcher() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vm_launcher"))
+}
+
+/// The process back-end runs maitred from beside vm_launcher: build it, once per test binary
+/// (cargo is quick when it is up to date, and a stale maitred would test old code).
+pub fn ensure_maitred() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "maitred"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build -p maitred");
+        assert!(status.success(), "cannot build maitred");
+    });
+}
+
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
