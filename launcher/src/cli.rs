@@ -1,5 +1,5 @@
-//! vm_launcher's command line: `run`, `start`, `exec`, `shell`, `stop`, `list`, each with
-//! `--help`.
+//! vm_launcher's command line: `run`, `start`, `exec`, `shell`, `stop`, `list`,
+//! `crash-upload`, each with `--help`.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -7,6 +7,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::crash_upload::{RateLimit, Url};
 use crate::disk_config::DiskArg;
 use crate::hypervisor::{accel, Accel};
 use crate::log_forward::LogSink;
@@ -23,6 +24,7 @@ commands:
   shell  an interactive shell in a started VM: shell ID (exec -t ID -- /bin/sh)
   stop   stop a VM started with `start`: stop ID | stop --all
   list   list running VMs (id, cid, pid, guest ip, host port); list --json for scripts
+  crash-upload  upload the crash spool's pending reports now: crash-upload URL [options]
 
 `vm_launcher <command> --help` describes each command.";
 
@@ -71,6 +73,15 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
   --crash-keep N         crash reports kept per VM in the spool, newest first (default 10)
+  --crash-upload URL     upload each crash report to a Breakpad/Crashpad server (Socorro,
+                         Sentry's minidump endpoint, Backtrace, BugSplat): a multipart POST
+                         with prod, ver, guid, the .meta keys and upload_file_minidump.
+                         http:// only (no TLS library here: use a local relay or proxy).
+                         4xx: not retried; 5xx or network errors: retried with backoff,
+                         also by later launchers; the crash id goes into the .meta
+  --crash-upload-gzip    gzip the upload (Content-Encoding: gzip)
+  --crash-upload-limit N/PERIOD  uploads per period for the whole host (default 32/day;
+                         e.g. 10/hour, 5/90s)
   --log-dest DEST        guest logs: syslog (the host's /dev/log; the default when it
                          exists, else none), terminal (stderr; kernel records only from
                          warning up), unix:PATH (a syslog socket), file:PATH (RFC 5424
@@ -104,6 +115,30 @@ who started the VM, or root, may exec into it.
 
 Exit status: CMD's exit code, 128+N if signal N killed it, 127 not found, 126 not
 runnable, 125 if the VM could not run it to its end.";
+
+pub const CRASH_UPLOAD_USAGE: &str = "\
+usage: vm_launcher crash-upload URL [--crash-upload-gzip] [--crash-upload-limit N/PERIOD]
+                                [--crash-spool DIR] [--runtime-dir DIR]
+
+Uploads every pending report in the crash spool now (whatever its retry backoff, within
+the host's limit), as --crash-upload does while a VM runs, and says how it went.
+Exit status: 0 when nothing is left to retry, 1 when some upload failed and will be
+retried, 2 for a malformed command line, 125 when the spool's state cannot be used.";
+
+/// `--crash-upload` and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadArgs {
+    pub url: Url,
+    pub gzip: bool,
+    pub limit: RateLimit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashUploadArgs {
+    pub upload: UploadArgs,
+    pub spool: Option<PathBuf>,
+    pub runtime_dir: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HypervisorName {
@@ -142,6 +177,7 @@ pub struct RunArgs {
     pub crash_spool: Option<PathBuf>,
     pub crash_reporter: Option<Vec<String>>,
     pub crash_keep: usize,
+    pub crash_upload: Option<UploadArgs>,
     /// None: the command's default (terminal for run, the host's syslog for start).
     pub log_dest: Option<LogSink>,
     pub maitred: Option<PathBuf>,
@@ -200,6 +236,7 @@ pub enum Cli {
         runtime_dir: Option<PathBuf>,
         json: bool,
     },
+    CrashUpload(CrashUploadArgs),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -242,6 +279,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         crash_spool: None,
         crash_reporter: None,
         crash_keep: crate::crash_spool::DEFAULT_KEEP,
+        crash_upload: None,
         log_dest: None,
         maitred: None,
         vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
@@ -249,9 +287,13 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         tty: None,
         console: false,
     };
+    let mut upload = UploadFlags::default();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let flag = flag.as_str();
+        if upload.take(flag, &mut it)? {
+            continue;
+        }
         match flag {
             "--help" | "-h" => return Ok(Cli::Help(RUN_USAGE)),
             "--" => {
@@ -353,6 +395,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
             other => return Err(CliError(format!("unknown option {other:?}"))),
         }
     }
+    run.crash_upload = upload.finish()?;
     if run.params.iter().any(|p| p.contains("maitred.")) {
         return Err(CliError("--params may not set maitred.* keys".into()));
     }
@@ -419,6 +462,96 @@ fn check_disks(run: &RunArgs) -> Result<(), CliError> {
         ));
     }
     Ok(())
+}
+
+/// The `--crash-upload*` flags, wherever they come.
+#[derive(Default)]
+struct UploadFlags {
+    url: Option<Url>,
+    gzip: bool,
+    limit: Option<RateLimit>,
+}
+
+impl UploadFlags {
+    /// Takes `flag` (and its value from `rest`) if it is one of ours.
+    fn take(
+        &mut self,
+        flag: &str,
+        rest: &mut std::slice::Iter<'_, String>,
+    ) -> Result<bool, CliError> {
+        let mut value = || {
+            rest.next()
+                .ok_or_else(|| CliError(format!("{flag} needs a value")))
+        };
+        match flag {
+            "--crash-upload" => {
+                let url = value()?;
+                self.url = Some(url.parse().map_err(|e| CliError(format!("{e}")))?);
+            }
+            "--crash-upload-gzip" => self.gzip = true,
+            "--crash-upload-limit" => {
+                let limit = value()?;
+                self.limit = Some(
+                    limit
+                        .parse()
+                        .map_err(|e| CliError(format!("--crash-upload-limit {e}")))?,
+                );
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn finish(self) -> Result<Option<UploadArgs>, CliError> {
+        match self.url {
+            Some(url) => Ok(Some(UploadArgs {
+                url,
+                gzip: self.gzip,
+                limit: self.limit.unwrap_or_default(),
+            })),
+            None if self.gzip || self.limit.is_some() => Err(CliError(
+                "--crash-upload-gzip and --crash-upload-limit need --crash-upload URL".into(),
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+fn parse_crash_upload(args: &[String]) -> Result<Cli, CliError> {
+    let mut upload = UploadFlags::default();
+    let (mut spool, mut runtime_dir) = (None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let flag = arg.as_str();
+        if upload.take(flag, &mut it)? {
+            continue;
+        }
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| CliError(format!("{flag} needs a value")))
+        };
+        match flag {
+            "--help" | "-h" => return Ok(Cli::Help(CRASH_UPLOAD_USAGE)),
+            "--crash-spool" => spool = Some(value()?.into()),
+            "--runtime-dir" => runtime_dir = Some(value()?.into()),
+            other if other.starts_with('-') => {
+                return Err(CliError(format!("unknown option {other:?}")))
+            }
+            url if upload.url.is_none() => {
+                upload.url = Some(url.parse().map_err(|e| CliError(format!("{e}")))?)
+            }
+            other => return Err(CliError(format!("unexpected argument {other:?}"))),
+        }
+    }
+    let upload = upload
+        .finish()?
+        .ok_or_else(|| CliError("crash-upload needs the server's URL".into()))?;
+    Ok(Cli::CrashUpload(CrashUploadArgs {
+        upload,
+        spool,
+        runtime_dir,
+    }))
 }
 
 fn parse_exec(args: &[String], shell: bool) -> Result<Cli, CliError> {
@@ -502,6 +635,7 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
         "start" => parse_run(rest, false),
         "exec" => parse_exec(rest, false),
         "shell" => parse_exec(rest, true),
+        "crash-upload" => parse_crash_upload(rest),
         "stop" => {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {

@@ -35,6 +35,7 @@ fn start(dir: &Path, token: &Token, trusted_pid: i32) -> (HostServices, Address)
             spool: dir.join("spool"),
             reporter: Some(vec!["touch".into()]),
             keep: 10,
+            upload: None,
         },
     )
     .unwrap();
@@ -66,6 +67,7 @@ impl Host {
                 spool: spool.clone(),
                 reporter,
                 keep: 1000,
+                upload: None,
             },
             limits,
         )

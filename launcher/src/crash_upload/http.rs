@@ -76,6 +76,9 @@ impl std::str::FromStr for Url {
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err(bad());
+            }
             (host, after.strip_prefix(':'))
         } else {
             match authority.split_once(':') {

@@ -19,6 +19,7 @@ use super::reply::{self, status};
 use super::stats::{bump, Counters};
 use super::{note, CrashConfig, VmEvent};
 use crate::crash_spool;
+use crate::crash_upload::UploadWaker;
 
 /// How often a reporter worker looks at its child.
 const REPORTER_POLL: Duration = Duration::from_millis(50);
@@ -38,6 +39,7 @@ struct Writer {
     events: Sender<VmEvent>,
     counters: Arc<Counters>,
     reporters: Option<Sender<(PathBuf, PathBuf)>>,
+    upload: Option<UploadWaker>,
 }
 
 /// The CrashListener's limits, spool writer and reporter pool.
@@ -52,6 +54,7 @@ impl CrashDesk {
     pub fn start(
         vm_id: Arc<str>,
         config: CrashConfig,
+        upload: Option<UploadWaker>,
         limits: &Limits,
         events: Sender<VmEvent>,
         counters: Arc<Counters>,
@@ -73,6 +76,7 @@ impl CrashDesk {
             events,
             counters: counters.clone(),
             reporters,
+            upload,
         };
         std::thread::Builder::new()
             .name("host-crash".into())
@@ -164,6 +168,9 @@ impl Writer {
             .events
             .send(VmEvent::CrashStored { dump: dump.clone() });
         reply::from_worker(job.sink, Ok(EmptyMessage::new()));
+        if let Some(upload) = &self.upload {
+            upload.wake();
+        }
         let Some(reporters) = &self.reporters else {
             return;
         };

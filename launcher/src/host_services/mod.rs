@@ -32,6 +32,7 @@ use vm_proto::protos::host_grpc::{
 use vm_proto::server::PeerFilter;
 use vm_proto::{GrpcServer, Listener, ServerError, Token};
 
+use crate::crash_upload::Uploader;
 use crate::log_forward::LogForwarder;
 use crash::CrashDesk;
 pub use crash::RATE_LIMITED;
@@ -55,6 +56,9 @@ pub struct CrashConfig {
     pub reporter: Option<Vec<String>>,
     /// Reports kept per VM in the spool; older ones are removed after each store.
     pub keep: usize,
+    /// `--crash-upload`: the uploader of this spool (a thread of its own), woken after
+    /// each stored report; the services own it from here on.
+    pub upload: Option<Uploader>,
 }
 
 /// Where the application stands, as far as ApplicationExited is concerned.
@@ -159,6 +163,8 @@ pub struct HostServices {
     pub events: Receiver<VmEvent>,
     app: Arc<AtomicU8>,
     counters: Arc<Counters>,
+    /// Last, so it drops after the server: its last pass uploads what is due then.
+    _uploader: Option<Uploader>,
 }
 
 impl HostServices {
@@ -188,16 +194,18 @@ impl HostServices {
         listener: Listener,
         peer_filter: PeerFilter,
         logs: LogForwarder,
-        crash: CrashConfig,
+        mut crash: CrashConfig,
         limits: &Limits,
     ) -> Result<HostServices, ServerError> {
         let (events, rx) = unbounded();
         let counters = Arc::new(Counters::default());
         let vm_id: Arc<str> = Arc::from(vm_id);
+        let uploader = crash.upload.take();
         let logs = LogGate::start(logs, limits, counters.clone()).map_err(ServerError::Thread)?;
         let crash = CrashDesk::start(
             vm_id.clone(),
             crash,
+            uploader.as_ref().map(Uploader::waker),
             limits,
             events.clone(),
             counters.clone(),
@@ -228,6 +236,7 @@ impl HostServices {
             events: rx,
             app,
             counters,
+            _uploader: uploader,
         })
     }
 
