@@ -6,9 +6,11 @@
 //! host services (a report stored over gRPC wakes the uploader) and the standalone
 //! `vm_launcher crash-upload` command.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/crash_server.rs"]
+mod crash_server;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::AtomicI32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,61 +25,7 @@ use vm_proto::protos::host_grpc::CrashListenerClient;
 use vm_proto::spool::parse_meta;
 use vm_proto::{grpc_environment, Address, Connector, Listener, Token};
 
-/// The Python crash server, killed when dropped.
-struct CrashServer {
-    child: Child,
-    port: u16,
-    out: tempfile::TempDir,
-}
-
-impl CrashServer {
-    /// Answers the n-th request with `plan[n-1]` (200 after the plan).
-    fn start(plan: &[u16]) -> CrashServer {
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/crash_server.py");
-        let plan: Vec<String> = plan.iter().map(u16::to_string).collect();
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(out.path())
-            .arg(plan.join(","))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed for the crash server (apt-get install python3)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the server's port");
-        CrashServer { child, port, out }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/submit?x=1", self.port)
-    }
-
-    /// The requests received so far, in order.
-    fn requests(&self) -> Vec<serde_json::Value> {
-        let mut n = 1;
-        let mut all = Vec::new();
-        while let Ok(text) = std::fs::read_to_string(self.out.path().join(format!("req-{n}.json")))
-        {
-            all.push(serde_json::from_str(&text).unwrap());
-            n += 1;
-        }
-        all
-    }
-
-    fn file(&self, n: u64, name: &str) -> Vec<u8> {
-        std::fs::read(self.out.path().join(format!("req-{n}-{name}.bin"))).unwrap()
-    }
-}
-
-impl Drop for CrashServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crash_server::CrashServer;
 
 /// A spool and a runtime dir of a test's own.
 struct Host {
@@ -349,7 +297,10 @@ fn upload_left_pending_by_a_stopped_launcher_is_resumed_by_the_next() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let first = host.upload(host.config(&format!("http://127.0.0.1:{port}/submit")));
+    let mut config = host.config(&format!("http://127.0.0.1:{port}/submit"));
+    // Long enough that the first launcher's last pass (when it stops) finds nothing due.
+    config.retry.first = Duration::from_secs(3);
+    let first = host.upload(config);
     wait_for("the failed try", Duration::from_secs(20), || {
         meta_of(&dmp).contains_key("upload_attempts")
     });
@@ -364,8 +315,18 @@ fn upload_left_pending_by_a_stopped_launcher_is_resumed_by_the_next() {
     assert!(meta.contains_key("upload_next_try"));
     assert!(!meta.contains_key("upload_state"));
 
+    // The next launcher honours the backoff the first one wrote down.
+    let due: u64 = meta["upload_next_try"].parse().unwrap();
     let server = CrashServer::start(&[]);
     let next = host.upload(host.config(&server.url()));
+    std::thread::sleep(Duration::from_millis(300));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now + 1 < due {
+        assert!(server.requests().is_empty(), "retried before its time");
+    }
     wait_for("the resumed upload", Duration::from_secs(20), || {
         upload_state(&dmp).is_some()
     });
