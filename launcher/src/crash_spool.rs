@@ -222,6 +222,8 @@ mod tests {
             ("vm_id", "other-vm"),
             ("payload", "/etc/passwd"),
             ("payload_size", "1"),
+            ("upload_state", "uploaded"),
+            ("upload_id", "forged"),
         ] {
             r.mut_metadata().insert(k.into(), v.into());
         }
@@ -231,6 +233,29 @@ mod tests {
         assert!(text.contains("vm_id=vm1\n"), "{text}");
         assert!(!text.contains("/etc/passwd"), "{text}");
         assert!(text.contains("payload_size=4\n"), "{text}");
+        assert!(!text.contains("upload_"), "{text}");
+    }
+
+    #[test]
+    fn prune_leaves_a_report_being_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CrashReport::new();
+        r.set_minidump(b"MDMP".to_vec());
+        r.mut_metadata().insert("pid".into(), "1".into());
+        let (oldest, _) = store(dir.path(), "vm1", &r, 1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        r.mut_metadata().insert("pid".into(), "2".into());
+        let (newer, _) = store(dir.path(), "vm1", &r, 2).unwrap();
+        // An uploader's lock on the oldest.
+        let held = nix::fcntl::Flock::lock(
+            std::fs::File::open(&oldest).unwrap(),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        assert_eq!(prune(dir.path(), "vm1", 0).unwrap(), vec![newer]);
+        assert!(oldest.exists());
+        drop(held);
+        assert_eq!(prune(dir.path(), "vm1", 0).unwrap(), vec![oldest]);
     }
 
     #[test]
