@@ -462,7 +462,10 @@ fn parse_crash_upload_flags_on_run_and_the_command() {
     let Ok(Cli::Start(run)) = with(&["--crash-upload", "http://h/"]) else {
         panic!()
     };
-    assert_eq!(run.crash_upload.unwrap().limit, RateLimit::default());
+    assert_eq!(
+        run.crash_upload.unwrap().limit,
+        crate::crash_upload::RateLimit::default()
+    );
 
     for (extra, want) in [
         (
