@@ -1,5 +1,5 @@
-//! vm_launcher's command line: `run`, `start`, `exec`, `shell`, `stop`, `list`, each with
-//! `--help`.
+//! vm_launcher's command line: `run`, `start`, `exec`, `shell`, `stop`, `list`,
+//! `crash-upload`, each with `--help`.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -25,6 +25,7 @@ commands:
   shell  an interactive shell in a started VM: shell ID (exec -t ID -- /bin/sh)
   stop   stop a VM started with `start`: stop ID | stop --all
   list   list running VMs (id, cid, pid, guest ip, host port); list --json for scripts
+  crash-upload  upload the crash spool's pending reports now: crash-upload URL [options]
 
 `vm_launcher <command> --help` describes each command.";
 
@@ -84,6 +85,15 @@ not the serial console). It gets a terminal when stdin is one (or with -t).
   --crash-spool DIR      where crash reports go (default <runtime-dir>/crash)
   --crash-reporter CMD   run CMD DMP META after each crash report (split on spaces)
   --crash-keep N         crash reports kept per VM in the spool, newest first (default 10)
+  --crash-upload URL     upload each crash report to a Breakpad/Crashpad server (Socorro,
+                         Sentry's minidump endpoint, Backtrace, BugSplat): a multipart POST
+                         with prod, ver, guid, the .meta keys and upload_file_minidump.
+                         http:// only (no TLS library here: use a local relay or proxy).
+                         4xx: not retried; 5xx or network errors: retried with backoff,
+                         also by later launchers; the crash id goes into the .meta
+  --crash-upload-gzip    gzip the upload (Content-Encoding: gzip)
+  --crash-upload-limit N/PERIOD  uploads per period for the whole host (default 32/day;
+                         e.g. 10/hour, 5/90s)
   --log-dest DEST        guest logs: syslog (the host's /dev/log; the default when it
                          exists, else none), terminal (stderr; kernel records only from
                          warning up), journald[:PATH] (native protocol, VM_ID= field),
@@ -120,6 +130,11 @@ who started the VM, or root, may exec into it.
 
 Exit status: CMD's exit code, 128+N if signal N killed it, 127 not found, 126 not
 runnable, 125 if the VM could not run it to its end.";
+
+#[path = "cli_upload.rs"]
+mod upload;
+use upload::{parse_crash_upload, UploadFlags};
+pub use upload::{CrashUploadArgs, UploadArgs, CRASH_UPLOAD_USAGE};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HypervisorName {
@@ -160,6 +175,7 @@ pub struct RunArgs {
     pub crash_spool: Option<PathBuf>,
     pub crash_reporter: Option<Vec<String>>,
     pub crash_keep: usize,
+    pub crash_upload: Option<UploadArgs>,
     /// None: the command's default (terminal for run, the host's syslog for start).
     pub log_dest: Option<LogSink>,
     pub maitred: Option<PathBuf>,
@@ -221,6 +237,7 @@ pub enum Cli {
         runtime_dir: Option<PathBuf>,
         json: bool,
     },
+    CrashUpload(CrashUploadArgs),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -264,6 +281,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         crash_spool: None,
         crash_reporter: None,
         crash_keep: crate::crash_spool::DEFAULT_KEEP,
+        crash_upload: None,
         log_dest: None,
         maitred: None,
         vhost_device_vsock: PathBuf::from("vhost-device-vsock"),
@@ -275,9 +293,13 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
     };
     // --log-rotate-size, --log-rotate-keep: applied to a dir: --log-dest at the end.
     let mut rotate: (Option<u64>, Option<usize>) = (None, None);
+    let mut upload = UploadFlags::default();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let flag = flag.as_str();
+        if upload.take(flag, &mut it)? {
+            continue;
+        }
         match flag {
             "--help" | "-h" => return Ok(Cli::Help(RUN_USAGE)),
             "--" => {
@@ -403,6 +425,7 @@ fn parse_run(args: &[String], allow_app: bool) -> Result<Cli, CliError> {
         let sink = sink.with_rotation(rotate.0, rotate.1).map_err(CliError)?;
         run.log_dest = Some(sink);
     }
+    run.crash_upload = upload.finish()?;
     if run.params.iter().any(|p| p.contains("maitred.")) {
         return Err(CliError("--params may not set maitred.* keys".into()));
     }
@@ -560,6 +583,7 @@ pub fn parse(args: &[String]) -> Result<Cli, CliError> {
         "start" => parse_run(rest, false),
         "exec" => parse_exec(rest, false),
         "shell" => parse_exec(rest, true),
+        "crash-upload" => parse_crash_upload(rest),
         "stop" => {
             let (runtime_dir, others) = runtime_dir(rest)?;
             if others.iter().any(|a| a == "--help" || a == "-h") {

@@ -12,8 +12,9 @@ use vm_proto::stream;
 
 use crate::attach;
 use crate::backend::Backend;
-use crate::cli::{ExecArgs, HypervisorName, RunArgs};
+use crate::cli::{CrashUploadArgs, ExecArgs, HypervisorName, RunArgs, UploadArgs};
 use crate::container_image;
+use crate::crash_upload::{self, UploadConfig, Uploader};
 use crate::disk_config::{self, VmFiles};
 use crate::exec_broker;
 use crate::host_services::CrashConfig;
@@ -67,6 +68,32 @@ fn runtime_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(default_runtime_dir)
 }
 
+fn upload_config(args: UploadArgs, runtime: &std::path::Path) -> UploadConfig {
+    UploadConfig::new(args.url, args.gzip, args.limit, runtime)
+}
+
+/// `crash-upload`: one pass over the spool, then a summary line.
+pub fn crash_upload(args: CrashUploadArgs) -> ExitCode {
+    let runtime = runtime_dir(args.runtime_dir);
+    let spool = args.spool.unwrap_or_else(|| runtime.join("crash"));
+    let summary = match crash_upload::drain(&spool, upload_config(args.upload, &runtime)) {
+        Ok(summary) => summary,
+        Err(e) => return fail(e),
+    };
+    let limited = summary
+        .limited_until
+        .map(|t| format!("; the host's upload limit is reached until Unix time {t}"))
+        .unwrap_or_default();
+    println!(
+        "{} uploaded, {} refused, {} to retry, {} given up{limited}",
+        summary.uploaded, summary.refused, summary.failed, summary.given_up
+    );
+    match summary.failed {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
 /// QEMU's accelerator: the forced one, or `--accel auto` decided now (see
 /// `hypervisor::accel`), with one line on stderr when it was not already decided this boot.
 fn choose_accel(forced: Option<Accel>, kernel: Option<&std::path::Path>) -> Accel {
@@ -109,6 +136,14 @@ fn options(
             },
         },
     };
+    let spool = args.crash_spool.unwrap_or_else(|| runtime.join("crash"));
+    let upload = match args.crash_upload {
+        Some(upload) => Some(
+            Uploader::start(spool.clone(), upload_config(upload, &runtime))
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     Ok(VmOptions {
         name: args.name,
         kernel: files.kernel,
@@ -124,9 +159,10 @@ fn options(
         pool,
         boot_timeout: args.boot_timeout,
         crash: CrashConfig {
-            spool: args.crash_spool.unwrap_or_else(|| runtime.join("crash")),
+            spool,
             reporter: args.crash_reporter,
             keep: args.crash_keep,
+            upload,
         },
         logs,
         console_to_stdout,

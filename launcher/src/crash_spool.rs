@@ -31,6 +31,17 @@ impl fmt::Display for SpoolError {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    write_atomic_with_time(path, bytes, None)
+}
+
+/// Writes `path` whole or not at all (a new 0600 file renamed over it), with `modified` as
+/// its write time when given (an upload's `.meta` rewrite keeps the report's place in
+/// [`prune`]'s order).
+pub fn write_atomic_with_time(
+    path: &Path,
+    bytes: &[u8],
+    modified: Option<SystemTime>,
+) -> Result<(), SpoolError> {
     let err = |source| SpoolError {
         path: path.to_path_buf(),
         source,
@@ -43,19 +54,37 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     }
     let mut file = private::create_new_file(&tmp).map_err(err)?;
     file.write_all(bytes).map_err(err)?;
+    if let Some(time) = modified {
+        file.set_modified(time).map_err(err)?;
+    }
     file.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// Keys of the `.meta` only the host writes.
+/// Keys of the `.meta` only the host writes (and every `upload_*` key: the uploader's).
 const HOST_KEYS: [&str; 5] = ["done", "vm_id", "payload", "payload_size", "process_tree"];
+
+fn host_only(key: &str) -> bool {
+    HOST_KEYS.contains(&key) || key.starts_with(crate::crash_upload::STATE_KEY_PREFIX)
+}
+
+/// Whether an uploader holds `dmp` (an `flock` on it): pruning leaves such a report be.
+fn being_uploaded(dmp: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dmp) else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
+}
 
 /// Default number of reports kept per VM.
 pub const DEFAULT_KEEP: usize = 10;
 
 /// Removes all but the `keep` newest reports in `<spool>/<vm>` (by the `.meta`'s write time,
-/// then name); a `.dmp` without its `.meta` (one being written) is left alone. Returns the
-/// removed `.dmp` paths.
+/// then name); a `.dmp` without its `.meta` (one being written) or one being uploaded is
+/// left alone. Returns the removed `.dmp` paths.
 pub fn prune(spool: &Path, vm_id: &str, keep: usize) -> Result<Vec<PathBuf>, SpoolError> {
     let dir = spool.join(safe_name(vm_id, "vm"));
     let entries = std::fs::read_dir(&dir).map_err(|source| SpoolError {
@@ -77,6 +106,9 @@ pub fn prune(spool: &Path, vm_id: &str, keep: usize) -> Result<Vec<PathBuf>, Spo
     let mut removed = Vec::with_capacity(excess);
     for (_, meta) in reports.into_iter().take(excess) {
         let dmp = meta.with_extension("dmp");
+        if being_uploaded(&dmp) {
+            continue;
+        }
         for path in [&meta, &dmp] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -135,7 +167,7 @@ pub fn store(
     for (k, v) in keys {
         let k = safe_name(k, "key");
         // The host writes these itself; a guest may not forge them.
-        if !HOST_KEYS.contains(&k.as_str()) {
+        if !host_only(&k) {
             text.push_str(&guest_line(&k, v));
         }
     }
@@ -190,6 +222,8 @@ mod tests {
             ("vm_id", "other-vm"),
             ("payload", "/etc/passwd"),
             ("payload_size", "1"),
+            ("upload_state", "uploaded"),
+            ("upload_id", "forged"),
         ] {
             r.mut_metadata().insert(k.into(), v.into());
         }
@@ -199,6 +233,29 @@ mod tests {
         assert!(text.contains("vm_id=vm1\n"), "{text}");
         assert!(!text.contains("/etc/passwd"), "{text}");
         assert!(text.contains("payload_size=4\n"), "{text}");
+        assert!(!text.contains("upload_"), "{text}");
+    }
+
+    #[test]
+    fn prune_leaves_a_report_being_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = CrashReport::new();
+        r.set_minidump(b"MDMP".to_vec());
+        r.mut_metadata().insert("pid".into(), "1".into());
+        let (oldest, _) = store(dir.path(), "vm1", &r, 1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        r.mut_metadata().insert("pid".into(), "2".into());
+        let (newer, _) = store(dir.path(), "vm1", &r, 2).unwrap();
+        // An uploader's lock on the oldest.
+        let held = nix::fcntl::Flock::lock(
+            std::fs::File::open(&oldest).unwrap(),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        assert_eq!(prune(dir.path(), "vm1", 0).unwrap(), vec![newer]);
+        assert!(oldest.exists());
+        drop(held);
+        assert_eq!(prune(dir.path(), "vm1", 0).unwrap(), vec![oldest]);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - `hypervisor`: the command lines of QEMU, crosvm and kvmtool (lkvm) for one VM.
 //! - `backend`: per-back-end wiring (sockets, vsock helper, peer identity).
 //! - `vm`: one VM's life from lease to teardown; `commands`/`cli`: the subcommands.
-//! - `host_services`, `log_forward`, `crash_spool`: what the guest calls on the host.
+//! - `host_services`, `log_forward`, `crash_spool`: what the guest calls on the host;
+//!   `crash_upload`: the spool's reports to a Breakpad/Crashpad crash server.
 //! - `attach`, `stream_client`, `terminal`, `exec_broker`: the application's and `exec`'s
 //!   stdio, terminal and signals over the process I/O stream; `vm_info`: what `list` shows.
 //! - `volume`: `--volume` host directories, checked, as virtio-9p shares.
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod container_image;
 pub mod crash_spool;
+pub mod crash_upload;
 pub mod disk_config;
 pub mod exec_broker;
 pub mod host_services;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         }) => commands::stop(ids, all, runtime_dir),
         Ok(Cli::Exec(exec)) => commands::exec(exec),
         Ok(Cli::List { runtime_dir, json }) => commands::list(runtime_dir, json),
+        Ok(Cli::CrashUpload(args)) => commands::crash_upload(args),
         Err(e) => {
             eprintln!("vm_launcher: {e}");
             ExitCode::from(2)

@@ -325,6 +325,7 @@ fn boot_in_process(env: &Env, qemu: &Path, helper: &Path) -> LaunchError {
             spool: env.runtime.join("crash"),
             reporter: None,
             keep: 1,
+            upload: None,
         },
         logs: LogSink::Discard,
         console_to_stdout: false,

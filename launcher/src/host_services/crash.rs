@@ -2,8 +2,10 @@
 //! report; a spool writer thread of ours writes it (up to 16 MiB), replies, and hands it to a
 //! fixed pool of reporter workers through a bounded queue. When that queue is full the report
 //! stays in the spool, the run is skipped and counted; a reporter that outlives its time
-//! limit is killed.
+//! limit is killed. A panic in a worker drops that one job, is counted and logged, and the
+//! worker goes on.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use super::reply::{self, status};
 use super::stats::{bump, Counters};
 use super::{note, CrashConfig, VmEvent};
 use crate::crash_spool;
+use crate::crash_upload::UploadWaker;
 
 /// How often a reporter worker looks at its child.
 const REPORTER_POLL: Duration = Duration::from_millis(50);
@@ -38,6 +41,7 @@ struct Writer {
     events: Sender<VmEvent>,
     counters: Arc<Counters>,
     reporters: Option<Sender<(PathBuf, PathBuf)>>,
+    upload: Option<UploadWaker>,
 }
 
 /// The CrashListener's limits, spool writer and reporter pool.
@@ -52,6 +56,7 @@ impl CrashDesk {
     pub fn start(
         vm_id: Arc<str>,
         config: CrashConfig,
+        upload: Option<UploadWaker>,
         limits: &Limits,
         events: Sender<VmEvent>,
         counters: Arc<Counters>,
@@ -73,12 +78,23 @@ impl CrashDesk {
             events,
             counters: counters.clone(),
             reporters,
+            upload,
         };
         std::thread::Builder::new()
             .name("host-crash".into())
             .spawn(move || {
                 for job in jobs {
-                    writer.store(job);
+                    // A panic drops this job (the guest sees CANCELLED and keeps its
+                    // report), not the writer: later reports are still stored.
+                    let stored = catch_unwind(AssertUnwindSafe(|| writer.store(job)));
+                    if let Err(payload) = stored {
+                        worker_panicked(
+                            &writer.vm_id,
+                            "crash spool writer",
+                            &writer.counters,
+                            payload,
+                        );
+                    }
                 }
             })?;
         Ok(CrashDesk {
@@ -164,6 +180,9 @@ impl Writer {
             .events
             .send(VmEvent::CrashStored { dump: dump.clone() });
         reply::from_worker(job.sink, Ok(EmptyMessage::new()));
+        if let Some(upload) = &self.upload {
+            upload.wake();
+        }
         let Some(reporters) = &self.reporters else {
             return;
         };
@@ -210,8 +229,27 @@ fn reporter_loop(
     counters: &Counters,
 ) {
     for (dump, meta) in jobs {
-        run_reporter(argv, &dump, &meta, timeout, vm_id, counters);
+        let run = || run_reporter(argv, &dump, &meta, timeout, vm_id, counters);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(run)) {
+            worker_panicked(vm_id, "crash reporter worker", counters, payload);
+        }
         bump(&counters.reporter_runs_finished);
+    }
+}
+
+/// One line for a worker's panic (at the 1st, 2nd, 4th…); the worker goes on.
+fn worker_panicked(
+    vm_id: &str,
+    worker: &str,
+    counters: &Counters,
+    payload: Box<dyn std::any::Any + Send>,
+) {
+    let n = bump(&counters.panics);
+    if n.is_power_of_two() {
+        note(format_args!(
+            "VM({vm_id}) {worker} panicked: {} ({n} panics so far)",
+            reply::panic_text(payload.as_ref())
+        ));
     }
 }
 

@@ -1,13 +1,20 @@
 //! The services the launcher serves for one VM: StartupListener (readiness and the
 //! application's exit), LogCollector (into the host's log, tagged with the VM id) and
-//! CrashListener (into the crash spool, then the crash reporter). One gRPC server per VM;
-//! it accepts only this VM's connections and only calls carrying this VM's token.
+//! CrashListener (into the crash spool, then the crash reporter and the uploader). One gRPC
+//! server per VM; it accepts only this VM's connections and only calls carrying this VM's
+//! token.
 //!
 //! A guest is not trusted with the host's resources: each service has per-VM limits
-//! ([`limits`]), and slow work (writing logs and 16 MiB crash reports, running the reporter)
-//! happens on worker threads of ours, never on a gRPC completion-queue thread, so a flood
-//! of one kind never delays VmReady or ApplicationExited. ApplicationExited is honoured once,
-//! and only after the launcher said it started an application
+//! ([`limits`]). The services are isolated from each other by threads, not completion
+//! queues (grpcio hands any call to any of a server's queues, so a queue per service would
+//! need a port per service, which the contract does not have): a handler on the
+//! completion-queue thread only checks limits, counts and queues, and each service's slow
+//! work runs on threads of its own behind a bounded queue — the log writer (a host syslog
+//! that blocks), the crash spool writer (16 MiB reports), the reporter pool, the uploader.
+//! A full queue refuses the call at once, so a stalled log sink or a crash flood never
+//! delays VmReady or ApplicationExited. A handler that panics is answered INTERNAL and
+//! logged ([`reply::guarded`]); the server keeps serving. ApplicationExited is honoured
+//! once, and only after the launcher said it started an application
 //! ([`HostServices::expect_application`]).
 
 mod crash;
@@ -21,7 +28,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use grpcio::{RpcContext, RpcStatusCode, UnarySink};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use vm_proto::protos::common::EmptyMessage;
 use vm_proto::protos::guest::ProcessStatus;
 use vm_proto::protos::host::{ApplicationExit, CrashReport, LogRequest};
@@ -32,12 +39,13 @@ use vm_proto::protos::host_grpc::{
 use vm_proto::server::PeerFilter;
 use vm_proto::{GrpcServer, Listener, ServerError, Token};
 
+use crate::crash_upload::Uploader;
 use crate::log_forward::LogForwarder;
 use crash::CrashDesk;
 pub use crash::RATE_LIMITED;
 pub use limits::Limits;
 use logs::LogGate;
-use reply::status;
+use reply::{status, Slot};
 pub use stats::Stats;
 use stats::{bump, Counters};
 
@@ -55,6 +63,9 @@ pub struct CrashConfig {
     pub reporter: Option<Vec<String>>,
     /// Reports kept per VM in the spool; older ones are removed after each store.
     pub keep: usize,
+    /// `--crash-upload`: the uploader of this spool (a thread of its own), woken after
+    /// each stored report; the services own it from here on.
+    pub upload: Option<Uploader>,
 }
 
 /// Where the application stands, as far as ApplicationExited is concerned.
@@ -70,16 +81,53 @@ struct Services {
     app: Arc<AtomicU8>,
     counters: Arc<Counters>,
     vm_id: Arc<str>,
+    #[cfg(feature = "test-hooks")]
+    panic_next: Arc<std::sync::Mutex<Option<&'static str>>>,
 }
 
-fn ok(ctx: &RpcContext, sink: UnarySink<EmptyMessage>) {
-    reply::on_grpc_thread(ctx, sink, Ok(EmptyMessage::new()));
+/// Answers the call whose sink is still in `slot`.
+fn answer<T: Send + 'static>(ctx: &RpcContext, slot: &mut Slot<T>, result: Result<T, RpcStatus>) {
+    if let Some(sink) = slot.take() {
+        reply::on_grpc_thread(ctx, sink, result);
+    }
+}
+
+impl Services {
+    /// Runs one handler's body on the completion-queue thread, under [`reply::guarded`]:
+    /// bodies only check, count and queue (the slow work is the workers'), and a panic in
+    /// one is answered INTERNAL without taking the server down.
+    fn serve<T: Send + 'static>(
+        &self,
+        ctx: &RpcContext,
+        sink: UnarySink<T>,
+        method: &'static str,
+        body: impl FnOnce(&RpcContext, &mut Slot<T>),
+    ) {
+        let who = format_args!("VM({}) {method}", self.vm_id);
+        reply::guarded(ctx, sink, who, &self.counters.panics, |ctx, slot| {
+            #[cfg(feature = "test-hooks")]
+            self.test_panic(method);
+            body(ctx, slot)
+        });
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn test_panic(&self, method: &'static str) {
+        let mut next = self.panic_next.lock().unwrap_or_else(|p| p.into_inner());
+        if *next == Some(method) {
+            *next = None;
+            drop(next);
+            panic!("test hook: {method} panics");
+        }
+    }
 }
 
 impl StartupListener for Services {
     fn vm_ready(&mut self, ctx: RpcContext, _: EmptyMessage, sink: UnarySink<EmptyMessage>) {
-        let _ = self.events.send(VmEvent::Ready);
-        ok(&ctx, sink);
+        self.serve(&ctx, sink, "VmReady", |ctx, slot| {
+            let _ = self.events.send(VmEvent::Ready);
+            answer(ctx, slot, Ok(EmptyMessage::new()));
+        });
     }
 
     fn application_exited(
@@ -88,6 +136,15 @@ impl StartupListener for Services {
         exit: ApplicationExit,
         sink: UnarySink<EmptyMessage>,
     ) {
+        self.serve(&ctx, sink, "ApplicationExited", |ctx, slot| {
+            answer(ctx, slot, self.app_exit(&exit));
+        });
+    }
+}
+
+impl Services {
+    /// ApplicationExited: honoured once, and only after the launcher started an application.
+    fn app_exit(&self, exit: &ApplicationExit) -> Result<EmptyMessage, RpcStatus> {
         let first =
             self.app
                 .compare_exchange(APP_EXPECTED, APP_EXITED, Ordering::SeqCst, Ordering::SeqCst);
@@ -103,14 +160,13 @@ impl StartupListener for Services {
                     self.vm_id
                 ));
             }
-            let refusal = status(RpcStatusCode::FAILED_PRECONDITION, why);
-            return reply::on_grpc_thread(&ctx, sink, Err(refusal));
+            return Err(status(RpcStatusCode::FAILED_PRECONDITION, why));
         }
         let _ = self.events.send(VmEvent::ApplicationExited {
             status: exit.get_status(),
             code: exit.get_code(),
         });
-        ok(&ctx, sink);
+        Ok(EmptyMessage::new())
     }
 }
 
@@ -121,7 +177,11 @@ impl LogCollector for Services {
         req: LogRequest,
         sink: UnarySink<EmptyMessage>,
     ) {
-        self.logs.submit(&ctx, true, req, sink);
+        self.serve(&ctx, sink, "CollectKernelLogs", |ctx, slot| {
+            if let Some(sink) = slot.take() {
+                self.logs.submit(ctx, true, req, sink);
+            }
+        });
     }
 
     fn collect_user_logs(
@@ -130,7 +190,11 @@ impl LogCollector for Services {
         req: LogRequest,
         sink: UnarySink<EmptyMessage>,
     ) {
-        self.logs.submit(&ctx, false, req, sink);
+        self.serve(&ctx, sink, "CollectUserLogs", |ctx, slot| {
+            if let Some(sink) = slot.take() {
+                self.logs.submit(ctx, false, req, sink);
+            }
+        });
     }
 }
 
@@ -141,7 +205,11 @@ impl CrashListener for Services {
         report: CrashReport,
         sink: UnarySink<EmptyMessage>,
     ) {
-        self.crash.submit(&ctx, report, sink);
+        self.serve(&ctx, sink, "SendCrashReport", |ctx, slot| {
+            if let Some(sink) = slot.take() {
+                self.crash.submit(ctx, report, sink);
+            }
+        });
     }
 }
 
@@ -157,6 +225,10 @@ pub struct HostServices {
     pub events: Receiver<VmEvent>,
     app: Arc<AtomicU8>,
     counters: Arc<Counters>,
+    #[cfg(feature = "test-hooks")]
+    panic_next: Arc<std::sync::Mutex<Option<&'static str>>>,
+    /// Last, so it drops after the server: its last pass uploads what is due then.
+    _uploader: Option<Uploader>,
 }
 
 impl HostServices {
@@ -186,22 +258,26 @@ impl HostServices {
         listener: Listener,
         peer_filter: PeerFilter,
         logs: LogForwarder,
-        crash: CrashConfig,
+        mut crash: CrashConfig,
         limits: &Limits,
     ) -> Result<HostServices, ServerError> {
         let (events, rx) = unbounded();
         let counters = Arc::new(Counters::default());
         let vm_id: Arc<str> = Arc::from(vm_id);
+        let uploader = crash.upload.take();
         let logs = LogGate::start(logs, limits, counters.clone()).map_err(ServerError::Thread)?;
         let crash = CrashDesk::start(
             vm_id.clone(),
             crash,
+            uploader.as_ref().map(Uploader::waker),
             limits,
             events.clone(),
             counters.clone(),
         )
         .map_err(ServerError::Thread)?;
         let app = Arc::new(AtomicU8::new(APP_NONE));
+        #[cfg(feature = "test-hooks")]
+        let panic_next = Arc::new(std::sync::Mutex::new(None));
         let services = Services {
             events,
             logs: Arc::new(logs),
@@ -209,6 +285,8 @@ impl HostServices {
             app: app.clone(),
             counters: counters.clone(),
             vm_id,
+            #[cfg(feature = "test-hooks")]
+            panic_next: panic_next.clone(),
         };
         let server = GrpcServer::start(
             vm_proto::grpc_environment("host-svc"),
@@ -226,7 +304,16 @@ impl HostServices {
             events: rx,
             app,
             counters,
+            #[cfg(feature = "test-hooks")]
+            panic_next,
+            _uploader: uploader,
         })
+    }
+
+    /// Test only: the next call of `method` (e.g. "VmReady") panics in its handler.
+    #[cfg(feature = "test-hooks")]
+    pub fn panic_on_next(&self, method: &'static str) {
+        *self.panic_next.lock().unwrap_or_else(|p| p.into_inner()) = Some(method);
     }
 
     /// The launcher is about to start the application: from now on, one ApplicationExited

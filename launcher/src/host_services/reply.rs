@@ -1,8 +1,12 @@
 //! Answering a call: from a gRPC thread (spawned on the call's context, never waited for)
 //! or from one of our own worker threads (waited for there, which a gRPC thread must never
-//! do: `block_on` inside a handler deadlocks).
+//! do: `block_on` inside a handler deadlocks). And [`guarded`]: a handler that panics is
+//! answered INTERNAL and logged, and the completion-queue thread it ran on lives on (a
+//! panic unwinding out of a handler would end that thread, and with it the server).
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -24,6 +28,48 @@ pub fn on_grpc_thread<T: Send + 'static>(
             Err(status) => sink.fail(status).await,
         };
     });
+}
+
+/// A handler's sink until the handler answers or hands it to a worker.
+pub type Slot<T> = Option<UnarySink<T>>;
+
+/// What a panic said, for one log line.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "(no message)".to_string(),
+    }
+}
+
+/// Runs a handler's `body` with its sink in a [`Slot`] (the body takes it to answer or to
+/// queue it). A panic is caught: counted in `panics`, logged at the 1st, 2nd, 4th…
+/// (`who` names the VM and method), and answered INTERNAL if the body still held the sink.
+pub fn guarded<T: Send + 'static>(
+    ctx: &RpcContext,
+    sink: UnarySink<T>,
+    who: std::fmt::Arguments<'_>,
+    panics: &AtomicU64,
+    body: impl FnOnce(&RpcContext, &mut Slot<T>),
+) {
+    let mut slot = Some(sink);
+    let Err(payload) = catch_unwind(AssertUnwindSafe(|| body(ctx, &mut slot))) else {
+        return;
+    };
+    let n = super::stats::bump(panics);
+    if n.is_power_of_two() {
+        super::note(format_args!(
+            "{who}: the handler panicked: {}; answered INTERNAL ({n} so far)",
+            panic_text(payload.as_ref())
+        ));
+    }
+    if let Some(sink) = slot.take() {
+        let why = status(RpcStatusCode::INTERNAL, "the host's handler failed");
+        on_grpc_thread(ctx, sink, Err(why));
+    }
 }
 
 /// Replies from a worker thread of ours, waiting until the reply is queued.

@@ -24,6 +24,8 @@ pub struct Stats {
     pub reporter_runs_killed: u64,
     /// ApplicationExited calls refused (none expected, or a second one).
     pub app_exits_refused: u64,
+    /// Handler and worker panics caught (each call answered INTERNAL or its job dropped).
+    pub panics: u64,
 }
 
 #[derive(Default)]
@@ -38,6 +40,7 @@ pub struct Counters {
     pub reporter_runs_finished: AtomicU64,
     pub reporter_runs_killed: AtomicU64,
     pub app_exits_refused: AtomicU64,
+    pub panics: AtomicU64,
 }
 
 /// Adds one; returns the new count.
@@ -59,6 +62,7 @@ impl Counters {
             reporter_runs_finished: get(&self.reporter_runs_finished),
             reporter_runs_killed: get(&self.reporter_runs_killed),
             app_exits_refused: get(&self.app_exits_refused),
+            panics: get(&self.panics),
         }
     }
 }

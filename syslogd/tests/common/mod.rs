@@ -65,6 +65,7 @@ impl Host {
                 spool: self.dir.join("spool"),
                 reporter: None,
                 keep: 1,
+                upload: None,
             },
         )
         .expect("start the host services");
