@@ -165,12 +165,24 @@ fn publish_and_forward_in_a_vm() {
     let fetches: Vec<_> = (0..100)
         .map(|_| std::thread::spawn(move || http_get(published, "/blob")))
         .collect();
-    let exact = fetches
-        .into_iter()
-        .filter_map(|f| f.join().unwrap())
-        .filter(|body| *body == blob)
+    let bodies: Vec<Option<Vec<u8>>> = fetches.into_iter().map(|f| f.join().unwrap()).collect();
+    let exact = bodies
+        .iter()
+        .flatten()
+        .filter(|body| **body == blob)
         .count();
-    assert_eq!(exact, 100, "byte-exact fetches of 100");
+    let failed: Vec<String> = bodies
+        .iter()
+        .filter(|b| b.as_ref() != Some(&blob))
+        .map(|b| {
+            b.as_ref()
+                .map_or("no answer".into(), |b| format!("{} bytes", b.len()))
+        })
+        .collect();
+    assert_eq!(
+        exact, 100,
+        "byte-exact fetches of 100; the others: {failed:?}"
+    );
 
     let list = vm_cmd_plain(vm.runtime.path(), &["list", "--json"]);
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
