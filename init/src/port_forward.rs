@@ -70,26 +70,60 @@ impl Drop for Slot {
     }
 }
 
-/// Guest connections accepted for a forward, waiting for the host's ATTACH.
+/// A guest connection parked for the host's ATTACH: from which control stream, since when.
+struct Parked {
+    conn: TcpStream,
+    slot: Slot,
+    session: u64,
+    at: Instant,
+}
+
+/// Guest connections accepted for a forward, waiting for the host's ATTACH. One the host
+/// neither ATTACHes nor CANCELs is closed after [`PENDING_TIMEOUT`] (its control stream's
+/// accept loops call [`Pending::expire`]) or when its control stream ends.
 #[derive(Default)]
 pub struct Pending {
-    conns: Mutex<HashMap<u32, (TcpStream, Slot, Instant)>>,
+    conns: Mutex<HashMap<u32, Parked>>,
     next_id: AtomicU64,
+    next_session: AtomicU64,
 }
 
 impl Pending {
-    /// Parks `conn` and returns its id; connections left unattached too long are closed.
-    pub fn park(&self, conn: TcpStream, slot: Slot) -> u32 {
+    /// A number for a new control stream, to park its connections under.
+    pub fn new_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Parks `conn` for control stream `session` and returns its id.
+    pub fn park(&self, conn: TcpStream, slot: Slot, session: u64) -> u32 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as u32;
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, (_, _, at)| at.elapsed() < PENDING_TIMEOUT);
-        conns.insert(id, (conn, slot, Instant::now()));
+        let parked = Parked {
+            conn,
+            slot,
+            session,
+            at: Instant::now(),
+        };
+        self.lock().insert(id, parked);
         id
     }
 
     pub fn take(&self, id: u32) -> Option<(TcpStream, Slot)> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.remove(&id).map(|(conn, slot, _)| (conn, slot))
+        self.lock().remove(&id).map(|p| (p.conn, p.slot))
+    }
+
+    /// Closes the connections left unattached too long.
+    pub fn expire(&self) {
+        self.lock().retain(|_, p| p.at.elapsed() < PENDING_TIMEOUT);
+    }
+
+    /// Closes the connections parked for `session`: its control stream ended, so no
+    /// CANCEL can come for them.
+    pub fn end_session(&self, session: u64) {
+        self.lock().retain(|_, p| p.session != session);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Parked>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -246,10 +280,22 @@ mod tests {
         let Some(slot) = Slot::take() else {
             panic!("no slot after all were given back")
         };
-        let id = pending.park(conn, slot);
+        let id = pending.park(conn, slot, 0);
         assert!(pending.take(id + 1).is_none());
         assert!(pending.take(id).is_some());
         assert!(pending.take(id).is_none());
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // A control stream's end closes what it left parked, and only that.
+        let park = |session| {
+            let conn = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            pending.park(conn, Slot::take().unwrap(), session)
+        };
+        let (ended, other) = (park(1), park(2));
+        pending.expire();
+        pending.end_session(1);
+        assert!(pending.take(ended).is_none());
+        assert!(pending.take(other).is_some());
         assert_eq!(LIVE.load(Ordering::SeqCst), 0);
     }
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -280,23 +281,84 @@ fn a_stalled_connection_does_not_stall_the_others() {
     drop(stuck);
 }
 
-fn open_fds(pid: i32) -> usize {
+/// A process's open fds: number → what it is (readlink: `socket:[inode]`, a path, …).
+type FdTable = BTreeMap<u32, String>;
+
+fn fd_table(pid: i32) -> FdTable {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect()
+}
+
+/// The lines of /proc/PID/net/{tcp,tcp6,unix} for the sockets in `table`, by inode.
+fn socket_lines(pid: i32, table: &FdTable) -> BTreeMap<String, String> {
+    let inodes: Vec<&str> = table
+        .values()
+        .filter_map(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
+        .collect();
+    let mut lines = BTreeMap::new();
+    for file in ["tcp", "tcp6", "unix"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let inode = cols.get(if file == "unix" { 6 } else { 9 });
+            if let Some(inode) = inode.filter(|i| inodes.contains(i)) {
+                lines.insert(inode.to_string(), format!("{file}: {line}"));
+            }
+        }
+    }
+    lines
+}
+
+/// How many of `table`'s sockets are TCP connections (any state but LISTEN, `0A`).
+fn tcp_connections(pid: i32, table: &FdTable) -> usize {
+    socket_lines(pid, table)
+        .values()
+        .filter(|l| l.starts_with("tcp") && l.split_whitespace().nth(4) != Some("0A"))
         .count()
 }
 
-/// Waits up to 10 s for `pid`'s fd count to come back to `want` (connections end in their
-/// own threads, a moment after the client sees them end).
-fn settles_at(pid: i32, want: usize) -> usize {
+/// `pid`'s fds once no forwarded connection is left in it: none of its sockets is a TCP
+/// connection and the table stayed the same for 200 ms (a connection's forward stream
+/// closes a moment after its TCP socket). Connections end in their own threads a moment
+/// after the client saw them end, so counting at once can count one that just ended.
+/// Gives up after 10 s and returns what is open then.
+fn quiet_fds(pid: i32) -> FdTable {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = fd_table(pid);
     loop {
-        let now = open_fds(pid);
-        if now <= want || Instant::now() > deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = fd_table(pid);
+        if (now == last && tcp_connections(pid, &now) == 0) || Instant::now() > deadline {
             return now;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        last = now;
     }
+}
+
+/// What differs between two tables of `pid`, with the sockets it opened described, for a
+/// failure message.
+fn fd_diff(pid: i32, before: &FdTable, after: &FdTable) -> String {
+    let opened: FdTable = after
+        .iter()
+        .filter(|(fd, target)| before.get(fd) != Some(target))
+        .map(|(fd, target)| (*fd, target.clone()))
+        .collect();
+    let closed: FdTable = before
+        .iter()
+        .filter(|(fd, target)| after.get(fd) != Some(target))
+        .map(|(fd, target)| (*fd, target.clone()))
+        .collect();
+    format!(
+        "pid {pid}: opened {opened:?} {:#?}, closed {closed:?}",
+        socket_lines(pid, &opened)
+    )
 }
 
 /// Connects, sends a little, and resets the connection (SO_LINGER 0 → RST on close).
@@ -327,10 +389,7 @@ fn thousand_connections_with_resets_leak_no_fds() {
     assert_eq!(round_trip(host_port, b"warm"), b"warm");
     assert_eq!(round_trip(guest_port, b"warm"), b"warm");
     let (launcher, maitred) = (vm.launcher_pid(), vm.maitred_pid());
-    let before = (
-        settles_at(launcher, open_fds(launcher)),
-        settles_at(maitred, open_fds(maitred)),
-    );
+    let before = (quiet_fds(launcher), quiet_fds(maitred));
     let workers: Vec<_> = (0..10)
         .map(|w| {
             std::thread::spawn(move || {
@@ -352,13 +411,13 @@ fn thousand_connections_with_resets_leak_no_fds() {
     for w in workers {
         w.join().unwrap();
     }
-    let after = (
-        settles_at(launcher, before.0),
-        settles_at(maitred, before.1),
-    );
+    let after = (quiet_fds(launcher), quiet_fds(maitred));
     assert_eq!(
-        after, before,
-        "open fds (launcher, maitred) after 1000 connections"
+        (after.0.len(), after.1.len()),
+        (before.0.len(), before.1.len()),
+        "open fds (launcher, maitred) after 1000 connections\nlauncher {}\nmaitred {}",
+        fd_diff(launcher, &before.0, &after.0),
+        fd_diff(maitred, &before.1, &after.1),
     );
 }
 

@@ -30,6 +30,8 @@ struct Session {
     writer: Mutex<UnixStream>,
     stop: AtomicBool,
     pending: Arc<Pending>,
+    /// What this control stream's connections are parked under.
+    id: u64,
 }
 
 impl Session {
@@ -62,6 +64,7 @@ pub fn serve(ctx: &Arc<Context>, pending: &Arc<Pending>, mut conn: UnixStream, p
         writer: Mutex::new(writer),
         stop: AtomicBool::new(false),
         pending: pending.clone(),
+        id: pending.new_session(),
     });
     let always = Arc::new(AtomicBool::new(false));
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -87,6 +90,7 @@ pub fn serve(ctx: &Arc<Context>, pending: &Arc<Pending>, mut conn: UnixStream, p
         }
     }
     session.stop.store(true, Ordering::SeqCst);
+    pending.end_session(session.id);
 }
 
 /// A listening socket on 127.0.0.1:`port`. `freebind`: bind even before the namespace's
@@ -124,6 +128,9 @@ fn spawn_accept(session: &Arc<Session>, listener: TcpListener, index: u16, stop:
 /// Accepts guest connections for forward `index` until the session or `stop` ends.
 fn accept_loop(session: &Session, listener: &TcpListener, index: u16, stop: &AtomicBool) {
     while !session.stopped() && !stop.load(Ordering::SeqCst) {
+        // Every ACCEPT_POLL at least: a connection the host never answered is closed in
+        // time even when no other one comes.
+        session.pending.expire();
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let timeout = PollTimeout::try_from(ACCEPT_POLL).unwrap_or(PollTimeout::NONE);
         if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
@@ -161,7 +168,7 @@ fn announce(session: &Session, conn: TcpStream, index: u16) -> std::io::Result<(
         return Ok(());
     };
     conn.set_nonblocking(false)?;
-    let id = session.pending.park(conn, slot);
+    let id = session.pending.park(conn, slot, session.id);
     let mut writer = session.writer.lock().unwrap_or_else(|p| p.into_inner());
     stream::write_frame(
         &mut *writer,

@@ -1,7 +1,7 @@
 //! `--forward`: one control stream to maitred (LISTEN with the guest ports). For each
 //! PENDING it sends, a thread connects to the host address of that forward, taken from our
 //! own table by index, then ATTACHes to the guest connection and relays; when the host
-//! address refuses, CANCEL closes the guest connection at once. Dropping the
+//! address refuses (or the ATTACH fails), CANCEL closes the guest connection at once. Dropping the
 //! [`Forwarder`] closes the control stream, and maitred closes its listeners.
 
 use std::net::{Shutdown, TcpStream};
@@ -89,8 +89,13 @@ fn control_loop(
                     Ok(host) => {
                         let _ = host.set_nodelay(true);
                         let attach = Request::Attach { id };
-                        if let Ok(stream) = forward::open(&guest.addr, &guest.token, &attach) {
-                            let _ = forward::relay(host, stream, "forward-copy");
+                        match forward::open(&guest.addr, &guest.token, &attach) {
+                            Ok(stream) => {
+                                let _ = forward::relay(host, stream, "forward-copy");
+                            }
+                            // Not attached: the guest connection must not wait for a
+                            // timeout (harmless if maitred already dropped it).
+                            Err(_) => cancel(&writer, id),
                         }
                     }
                     Err(_) => cancel(&writer, id),
