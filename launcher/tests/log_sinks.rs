@@ -53,6 +53,7 @@ impl Host {
                 spool: dir.join("spool"),
                 reporter: None,
                 keep: 1,
+                upload: None,
             },
             &unlimited,
         )
