@@ -47,20 +47,20 @@ need_build_deps() {
 # (glibc's static-pie links grpcio's C-core fine), in a target dir of its own because
 # RUSTFLAGS differ from the host build's. The final link only (cargo rustc) packs the
 # relative relocations (-z pack-relative-relocs, glibc >= 2.36): a static-pie keeps ASLR and
-# drops ~370 KB of .rela.dyn, without recompiling the C-core. Guest programs abort on a panic
-# (the workspace's release profile unwinds, for the host's vm_launcher).
+# drops ~370 KB of .rela.dyn, without recompiling the C-core. The `guest` profile
+# (Cargo.toml) optimises for size and aborts on a panic.
 GUEST_TARGET=x86_64-unknown-linux-gnu
 GUEST_TARGET_DIR="$VM_TOOLS_CACHE/target-guest"
 build_guest_programs() {
     need_build_deps
     log "building the guest programs (one static multi-call binary)"
-    CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static -C panic=abort' \
-        cargo rustc --release --target "$GUEST_TARGET" -p vm_tools_guest --bin vm_tools_guest \
+    CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo rustc --profile guest --target "$GUEST_TARGET" -p vm_tools_guest --bin vm_tools_guest \
         -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
-    CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static -C panic=abort' \
-        cargo rustc --release --target "$GUEST_TARGET" -p crash_collector \
+    CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo rustc --profile guest --target "$GUEST_TARGET" -p crash_collector \
         --bin crash_collector -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
-    echo "$GUEST_TARGET_DIR/$GUEST_TARGET/release"
+    echo "$GUEST_TARGET_DIR/$GUEST_TARGET/guest"
 }
 
 # What booting a VM needs: QEMU, and vhost-device-vsock for vsock without /dev/vhost-vsock.
