@@ -8,8 +8,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,41 +28,13 @@ fn free_port() -> u16 {
 
 /// A host service for `--forward`: reads one line, answers `host-got:<line>`, closes.
 /// Stops accepting when dropped.
-struct HostService {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl HostService {
-    fn start() -> HostService {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    conn.set_nonblocking(false).unwrap();
-                    let mut line = String::new();
-                    let _ = BufReader::new(&conn).read_line(&mut line);
-                    let _ = (&conn).write_all(format!("host-got:{line}").as_bytes());
-                    let _ = conn.shutdown(Shutdown::Both);
-                });
-            }
-        });
-        HostService { port, stop }
-    }
-}
-
-impl Drop for HostService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+fn host_service() -> TcpServer {
+    TcpServer::start(|conn| {
+        let mut line = String::new();
+        let _ = BufReader::new(&conn).read_line(&mut line);
+        let _ = (&conn).write_all(format!("host-got:{line}").as_bytes());
+        let _ = conn.shutdown(Shutdown::Both);
+    })
 }
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0: the server closes after the reply); the
@@ -137,7 +107,7 @@ fn assert_nothing_left(vm: StartedVm, published: u16) {
     drop(vm);
 }
 
-fn ports_flags(published: u16, service: &HostService) -> Vec<String> {
+fn ports_flags(published: u16, service: &TcpServer) -> Vec<String> {
     vec![
         "--publish".into(),
         format!("{published}:{GUEST_HTTP}"),
@@ -148,7 +118,7 @@ fn ports_flags(published: u16, service: &HostService) -> Vec<String> {
 
 #[test]
 fn publish_and_forward_in_a_vm() {
-    let service = HostService::start();
+    let service = host_service();
     let published = free_port();
     let mut flags = ports_flags(published, &service);
     flags.extend(["--".into(), "sh".into(), "-c".into(), HTTPD_APP.into()]);
@@ -202,7 +172,7 @@ fn publish_and_forward_in_a_vm() {
 
 #[test]
 fn publish_and_forward_reach_into_the_container() {
-    let service = HostService::start();
+    let service = host_service();
     let published = free_port();
     let staging = tempfile::tempdir().unwrap();
     let rootfs = staging.path().join("rootfs");

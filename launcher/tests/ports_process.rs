@@ -10,11 +10,11 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ensure_maitred, launcher, random_bytes, spawn_until_ready};
+use common::{ensure_maitred, launcher, random_bytes, spawn_until_ready, TcpServer};
 
 fn run_cmd(runtime: &Path, flags: &[String]) -> Command {
     ensure_maitred();
@@ -91,40 +91,11 @@ impl Drop for Vm {
 
 /// An echo server on 127.0.0.1 (the "guest" application for --publish, the host service
 /// for --forward): echoes until end of file, then half-closes. Stops when dropped.
-struct Echo {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        std::thread::spawn(move || echo(conn));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Echo { port, stop }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+fn echo_server() -> TcpServer {
+    TcpServer::start(echo)
 }
 
 fn echo(mut conn: TcpStream) {
-    conn.set_nonblocking(false).unwrap();
     let mut buf = vec![0u8; 65536];
     loop {
         match conn.read(&mut buf) {
@@ -181,7 +152,7 @@ fn time_to_close(port: u16) -> Duration {
 
 #[test]
 fn publish_and_forward_are_byte_exact_both_ways_with_half_close() {
-    let (guest_app, host_service) = (Echo::start(), Echo::start());
+    let (guest_app, host_service) = (echo_server(), echo_server());
     let (host_port, guest_port) = (free_port(), free_port());
     let mut flags = publish(host_port, guest_app.port).to_vec();
     flags.extend(forward(guest_port, host_service.port));
@@ -218,7 +189,7 @@ fn refused_ports_close_the_connection_at_once() {
 
 #[test]
 fn hundred_concurrent_connections_each_way_are_byte_exact() {
-    let (guest_app, host_service) = (Echo::start(), Echo::start());
+    let (guest_app, host_service) = (echo_server(), echo_server());
     let (host_port, guest_port) = (free_port(), free_port());
     let mut flags = publish(host_port, guest_app.port).to_vec();
     flags.extend(forward(guest_port, host_service.port));
@@ -245,7 +216,7 @@ fn a_stalled_connection_does_not_stall_the_others() {
     // A guest application that accepts and never reads.
     let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
     let stalled_port = stalled.local_addr().unwrap().port();
-    let guest_app = Echo::start();
+    let guest_app = echo_server();
     let (stuck_host, host_port) = (free_port(), free_port());
     let mut flags = publish(stuck_host, stalled_port).to_vec();
     flags.extend(publish(host_port, guest_app.port));
@@ -379,7 +350,7 @@ fn reset_after_sending(port: u16) {
 
 #[test]
 fn thousand_connections_with_resets_leak_no_fds() {
-    let (guest_app, host_service) = (Echo::start(), Echo::start());
+    let (guest_app, host_service) = (echo_server(), echo_server());
     let (host_port, guest_port) = (free_port(), free_port());
     let mut flags = publish(host_port, guest_app.port).to_vec();
     flags.extend(forward(guest_port, host_service.port));
@@ -473,7 +444,7 @@ fn malformed_or_overlapping_specs_are_refused_with_one_line() {
 
 #[test]
 fn listeners_are_gone_once_the_vm_stops() {
-    let host_service = Echo::start();
+    let host_service = echo_server();
     let (host_port, guest_port) = (free_port(), free_port());
     let mut flags = publish(host_port, 1).to_vec();
     flags.extend(forward(guest_port, host_service.port));

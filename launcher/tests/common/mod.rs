@@ -390,3 +390,38 @@ pub fn assert_sigterm_reaches_the_application(command: Command) {
     assert_eq!(rest, "got-term\n");
     assert_eq!(status.code(), Some(7));
 }
+
+/// A TCP server on 127.0.0.1 (a port of its own) that runs `serve` on a thread per
+/// connection, the connection in blocking mode; stops accepting when dropped.
+pub struct TcpServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TcpServer {
+    pub fn start(serve: fn(std::net::TcpStream)) -> TcpServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || serve(conn));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        TcpServer { port, stop }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
