@@ -83,10 +83,10 @@ pub fn spawn_exec(
         Some(&all),
         Some(&mut old),
     );
-    // SAFETY: `child_main` gets a pointer to `args`, which outlives the child's use of it
-    // (CLONE_VFORK: we resume only once the child has exec'd or exited); its stack is
-    // `stack`, live and unused by anyone else until then. The child makes only system
-    // calls on data prepared above, so sharing our memory (CLONE_VM) is safe.
+    // The child reads `args` and runs on `stack`; CLONE_VFORK keeps this thread suspended,
+    // so both stay alive and untouched, until the child has exec'd or exited.
+    // SAFETY: see above; the child makes only system calls on data prepared above, so
+    // sharing our memory (CLONE_VM) is safe.
     let pid = unsafe {
         libc::clone(
             child_main,
