@@ -119,3 +119,90 @@ pub(super) fn parse_crash_upload(args: &[String]) -> Result<Cli, CliError> {
         runtime_dir,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::CRASH_UPLOAD_USAGE;
+    use crate::cli::{parse, Cli};
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parse_crash_upload_flags_on_run_and_the_command() {
+        let base = ["start", "--kernel", "k", "--initrd", "i"];
+        let with = |extra: &[&str]| {
+            let mut a: Vec<&str> = base.to_vec();
+            a.extend_from_slice(extra);
+            parse(&args(&a))
+        };
+        let Ok(Cli::Start(run)) = with(&[]) else {
+            panic!()
+        };
+        assert_eq!(run.crash_upload, None);
+        let Ok(Cli::Start(run)) = with(&[
+            "--crash-upload",
+            "http://127.0.0.1:8080/submit",
+            "--crash-upload-gzip",
+            "--crash-upload-limit",
+            "10/hour",
+        ]) else {
+            panic!()
+        };
+        let upload = run.crash_upload.unwrap();
+        assert_eq!(upload.url.to_string(), "http://127.0.0.1:8080/submit");
+        assert!(upload.gzip);
+        assert_eq!(
+            (upload.limit.count, upload.limit.period.as_secs()),
+            (10, 3600)
+        );
+        let Ok(Cli::Start(run)) = with(&["--crash-upload", "http://h/"]) else {
+            panic!()
+        };
+        assert_eq!(
+            run.crash_upload.unwrap().limit,
+            crate::crash_upload::RateLimit::default()
+        );
+
+        for (extra, want) in [
+            (
+                &["--crash-upload", "https://h/"][..],
+                "https is not supported",
+            ),
+            (&["--crash-upload-gzip"][..], "need --crash-upload URL"),
+            (
+                &["--crash-upload", "http://h/", "--crash-upload-limit", "x"][..],
+                "--crash-upload-limit \"x\": expected N/PERIOD",
+            ),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+
+        let Ok(Cli::CrashUpload(cmd)) = parse(&args(&[
+            "crash-upload",
+            "--crash-spool",
+            "/s",
+            "http://h:1/x",
+            "--runtime-dir",
+            "/r",
+        ])) else {
+            panic!()
+        };
+        assert_eq!(cmd.upload.url.port, 1);
+        assert_eq!(cmd.spool, Some(PathBuf::from("/s")));
+        assert_eq!(cmd.runtime_dir, Some(PathBuf::from("/r")));
+        assert!(parse(&args(&["crash-upload"]))
+            .unwrap_err()
+            .to_string()
+            .contains("needs the server's URL"));
+        assert!(parse(&args(&["crash-upload", "http://a/", "http://b/"])).is_err());
+        assert!(matches!(
+            parse(&args(&["crash-upload", "--help"])),
+            Ok(Cli::Help(CRASH_UPLOAD_USAGE))
+        ));
+    }
+}
