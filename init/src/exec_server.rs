@@ -5,7 +5,6 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +16,17 @@ use vm_proto::{Listener, Token};
 
 use crate::context::Context;
 use crate::exec_io::{self, SessionFds};
-use crate::exec_session::{self, note_refusal, Process};
+use crate::exec_session::{self, Process};
+use crate::stream_accept::{AcceptLoop, Refusals};
 use crate::spawn::{self, ChildStdio, ProcessSpec, SpawnError, Stdio};
-use crate::{container, container_enter, info, launch, warn};
+use crate::{container, container_enter, info, launch};
 
 /// HELLO and START must arrive within this time of connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A terminal size of 0 (unknown) becomes this.
 const DEFAULT_SIZE: WindowSize = WindowSize { rows: 24, cols: 80 };
 
-static REFUSED: AtomicU64 = AtomicU64::new(0);
+static REFUSED: Refusals = Refusals::new("process stream");
 
 /// Serves process streams on `listener` from a thread of its own.
 pub fn start(
@@ -36,32 +36,18 @@ pub fn start(
     filter: PeerFilter,
 ) -> std::io::Result<()> {
     let token = Arc::new(token);
-    std::thread::Builder::new()
-        .name("exec-accept".into())
-        .spawn(move || loop {
-            match listener.accept() {
-                Ok((fd, peer)) if filter(&peer) => {
-                    let (ctx, token) = (ctx.clone(), token.clone());
-                    let spawned = std::thread::Builder::new()
-                        .name("exec".into())
-                        .spawn(move || serve_connection(&ctx, fd, &token));
-                    if let Err(e) = spawned {
-                        warn!("cannot start a thread for a process stream: {e}");
-                    }
-                }
-                Ok((_, peer)) => note_refusal(&REFUSED, &format!("refused peer {peer:?}")),
-                Err(e) => {
-                    warn!("{e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })
-        .map(drop)
+    AcceptLoop {
+        name: "exec-accept",
+        connection: "exec",
+        stack: None,
+        refusals: &REFUSED,
+    }
+    .start(listener, filter, move |fd| serve_connection(&ctx, fd, &token))
 }
 
 /// Refuses the stream with an ERROR frame (best effort) and one rate-limited log line.
 fn refuse(conn: &mut UnixStream, why: &str) {
-    note_refusal(&REFUSED, why);
+    REFUSED.note(why);
     let _ = stream::write_frame(conn, Kind::Error, why.as_bytes());
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }

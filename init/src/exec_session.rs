@@ -22,6 +22,7 @@ use nix::poll::PollFlags;
 use vm_proto::stream::{self, DataFrame, ExitStatus, Frame, FrameError, Kind, STDIN_WINDOW};
 
 use crate::exec_io::SessionFds;
+use crate::stream_accept::Refusals;
 use crate::reaper::Exit;
 use crate::{sys, warn};
 
@@ -80,15 +81,7 @@ impl Stop {
     }
 }
 
-/// Counts a protocol problem; says so at the 1st, 2nd, 4th, 8th… (a host can trigger it).
-pub fn note_refusal(counter: &AtomicU64, what: &str) {
-    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if n.is_power_of_two() {
-        warn!("process stream: {what} ({n} so far)");
-    }
-}
-
-static PROTOCOL_ERRORS: AtomicU64 = AtomicU64::new(0);
+static PROTOCOL_ERRORS: Refusals = Refusals::new("process stream");
 
 /// What the session runs on: the started process, its fds, its exit.
 pub struct Process {
@@ -370,7 +363,7 @@ fn read_host(mut conn: UnixStream, mut host: Host, sink: &FrameSink, finished: &
         return; // the session ended and closed the stream itself
     }
     if !matches!(error, FrameError::Closed | FrameError::Io(_)) {
-        note_refusal(&PROTOCOL_ERRORS, &error.to_string());
+        PROTOCOL_ERRORS.note(&error.to_string());
         let _ = sink.send(Kind::Error, error.to_string().as_bytes());
     }
     hang_up(pid);

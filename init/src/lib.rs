@@ -12,7 +12,8 @@
 //!   re-executed `maitred --container-init` that builds the namespaces and reaps inside;
 //!   `container_enter`: `maitred --container-enter`, which runs `exec` inside it.
 //! - `exec_server`, `exec_session`, `exec_io`: process I/O streams (stdin, stdout, stderr,
-//!   terminal, signals, exit) on the exec port.
+//!   terminal, signals, exit) on the exec port; `stream_accept`: the accept loop and counted
+//!   refusals they share with `port_forward`.
 //! - `port_forward`: `--publish` and `--forward` (connections relayed to and from guest
 //!   TCP ports) on the forward port.
 //! - `volumes`: `--volume` shares (virtio-9p) mounted at boot and bound into containers.
@@ -44,6 +45,7 @@ mod rpc;
 mod services;
 mod shutdown;
 mod spawn;
+mod stream_accept;
 mod sys;
 mod volumes;
 

@@ -27,7 +27,7 @@ use vm_proto::stream;
 use vm_proto::{Listener, Token};
 
 use crate::context::Context;
-use crate::warn;
+use crate::stream_accept::{AcceptLoop, Refusals};
 
 /// HELLO and the request must arrive within this time of connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,15 +40,12 @@ const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connection threads only copy through a heap buffer: a small stack is plenty.
 const THREAD_STACK: usize = 256 * 1024;
 
-static REFUSED: AtomicU64 = AtomicU64::new(0);
+static REFUSED: Refusals = Refusals::new("port forward");
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Logs a refusal at counts 1, 2, 4, 8…: a guest or peer cannot flood the log.
 fn note_refusal(what: &str) {
-    let n = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
-    if n.is_power_of_two() {
-        warn!("port forward: {what} ({n} so far)");
-    }
+    REFUSED.note(what);
 }
 
 /// One of the [`MAX_RELAYS`] relay places, given back when dropped.
@@ -146,28 +143,13 @@ pub fn start(
         token,
         pending: Arc::new(Pending::default()),
     });
-    std::thread::Builder::new()
-        .name("forward-accept".into())
-        .spawn(move || loop {
-            match listener.accept() {
-                Ok((fd, peer)) if filter(&peer) => {
-                    let shared = shared.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("forward".into())
-                        .stack_size(THREAD_STACK)
-                        .spawn(move || serve_connection(&shared, fd));
-                    if let Err(e) = spawned {
-                        note_refusal(&format!("cannot start a thread: {e}"));
-                    }
-                }
-                Ok((_, peer)) => note_refusal(&format!("refused peer {peer:?}")),
-                Err(e) => {
-                    warn!("{e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })
-        .map(drop)
+    AcceptLoop {
+        name: "forward-accept",
+        connection: "forward",
+        stack: Some(THREAD_STACK),
+        refusals: &REFUSED,
+    }
+    .start(listener, filter, move |fd| serve_connection(&shared, fd))
 }
 
 /// Refuses the stream with an ERROR frame (best effort) and a counted log line.
