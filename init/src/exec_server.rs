@@ -17,8 +17,8 @@ use vm_proto::{Listener, Token};
 use crate::context::Context;
 use crate::exec_io::{self, SessionFds};
 use crate::exec_session::{self, Process};
-use crate::stream_accept::{AcceptLoop, Refusals};
 use crate::spawn::{self, ChildStdio, ProcessSpec, SpawnError, Stdio};
+use crate::stream_accept::{AcceptLoop, Refusals};
 use crate::{container, container_enter, info, launch};
 
 /// HELLO and START must arrive within this time of connecting.
@@ -42,7 +42,9 @@ pub fn start(
         stack: None,
         refusals: &REFUSED,
     }
-    .start(listener, filter, move |fd| serve_connection(&ctx, fd, &token))
+    .start(listener, filter, move |fd| {
+        serve_connection(&ctx, fd, &token)
+    })
 }
 
 /// Refuses the stream with an ERROR frame (best effort) and one rate-limited log line.

@@ -22,8 +22,8 @@ use nix::poll::PollFlags;
 use vm_proto::stream::{self, DataFrame, ExitStatus, Frame, FrameError, Kind, STDIN_WINDOW};
 
 use crate::exec_io::SessionFds;
-use crate::stream_accept::Refusals;
 use crate::reaper::Exit;
+use crate::stream_accept::Refusals;
 use crate::{sys, warn};
 
 /// How long maitred waits, after EXIT, for the host to close the stream.
