@@ -400,10 +400,7 @@ fn a_host_port_in_use_fails_before_boot() {
     // run_cmd builds maitred on first use; the clock measures only the launcher.
     let mut cmd = run_cmd(runtime.path(), &publish(port, 80));
     let start = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(
