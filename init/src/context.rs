@@ -9,6 +9,10 @@ use crate::host::HostLink;
 use crate::reaper::Reaper;
 use crate::spawn::Mode;
 
+/// Wakes maitred's main thread to look at its shutdown requests. Anything else that sends it
+/// only wakes the thread for nothing.
+pub const WAKE_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
+
 /// Why maitred should shut the VM down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shutdown {
@@ -37,8 +41,11 @@ impl Context {
         Mode::of(self.pid1)
     }
 
+    /// Asks the main thread to shut down: it waits in sigwait, so the request is followed
+    /// by [`WAKE_SIGNAL`] to the process (pending until it is taken, so never lost).
     pub fn request_shutdown(&self, why: Shutdown) {
         let _ = self.shutdown.send(why);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), WAKE_SIGNAL);
     }
 
     pub fn app_container(&self) -> Option<i32> {

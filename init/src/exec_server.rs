@@ -12,13 +12,13 @@ use protobuf::Message;
 use vm_proto::protos::guest::ExecRequest;
 use vm_proto::server::PeerFilter;
 use vm_proto::stream::{self, ExitStatus, Kind, WindowSize};
-use vm_proto::{Listener, Token};
+use vm_proto::Token;
 
 use crate::context::Context;
 use crate::exec_io::{self, SessionFds};
 use crate::exec_session::{self, Process};
 use crate::spawn::{self, ChildStdio, ProcessSpec, SpawnError, Stdio};
-use crate::stream_accept::{AcceptLoop, Refusals};
+use crate::stream_accept::{Admit, Refusals, StreamService};
 use crate::{container, container_enter, info, launch};
 
 /// HELLO and START must arrive within this time of connecting.
@@ -28,23 +28,15 @@ const DEFAULT_SIZE: WindowSize = WindowSize { rows: 24, cols: 80 };
 
 static REFUSED: Refusals = Refusals::new("process stream");
 
-/// Serves process streams on `listener` from a thread of its own.
-pub fn start(
-    ctx: Arc<Context>,
-    listener: Listener,
-    token: Token,
-    filter: PeerFilter,
-) -> std::io::Result<()> {
+/// Serves process streams: what to do with each connection on the exec port.
+pub fn service(ctx: Arc<Context>, token: Token, filter: PeerFilter) -> Admit {
     let token = Arc::new(token);
-    AcceptLoop {
-        name: "exec-accept",
+    StreamService {
         connection: "exec",
         stack: None,
         refusals: &REFUSED,
     }
-    .start(listener, filter, move |fd| {
-        serve_connection(&ctx, fd, &token)
-    })
+    .admit(filter, move |fd| serve_connection(&ctx, fd, &token))
 }
 
 /// Refuses the stream with an ERROR frame (best effort) and one rate-limited log line.

@@ -12,8 +12,9 @@
 //!   re-executed `maitred --container-init` that builds the namespaces and reaps inside;
 //!   `container_enter`: `maitred --container-enter`, which runs `exec` inside it.
 //! - `exec_server`, `exec_session`, `exec_io`: process I/O streams (stdin, stdout, stderr,
-//!   terminal, signals, exit) on the exec port; `stream_accept`: the accept loop and counted
-//!   refusals they share with `port_forward`.
+//!   terminal, signals, exit) on the exec port; `stream_accept`: the one thread accepting
+//!   for every service, and the connection threads and counted refusals the stream
+//!   services share.
 //! - `port_forward`: `--publish` and `--forward` (connections relayed to and from guest
 //!   TCP ports) on the forward port.
 //! - `volumes`: `--volume` shares (virtio-9p) mounted at boot and bound into containers.
@@ -53,10 +54,11 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crossbeam_channel::Receiver;
 use nix::sys::signal::{SigSet, Signal};
 use vm_proto::protos::guest_grpc::create_maitred;
 use vm_proto::server::PeerFilter;
-use vm_proto::{Connector, GrpcServer, GuestParams, Listener, Peer, HOST_CID};
+use vm_proto::{Address, Connector, GrpcServer, GuestParams, Listener, Peer, HOST_CID};
 
 use crate::config::{Config, ConfigError, USAGE};
 use crate::context::{Context, Shutdown};
@@ -101,6 +103,7 @@ fn handled_signals() -> SigSet {
         Signal::SIGINT,
         Signal::SIGPWR,
         Signal::SIGHUP,
+        context::WAKE_SIGNAL,
     ] {
         set.add(signal);
     }
@@ -155,14 +158,6 @@ fn run(config: Config) -> ! {
         app_container: std::sync::Mutex::new(None),
     });
 
-    let signal_ctx = ctx.clone();
-    if let Err(e) = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || signal_loop(&signal_ctx, signals))
-    {
-        fatal(pid1, &format!("cannot start the signal thread: {e}"));
-    }
-
     // The connection to the host is made while maitred starts serving (on a vsock it takes
     // round trips through the host); VmReady goes as soon as the server runs.
     let (serving, ready_to_tell) = crossbeam_channel::bounded::<()>(1);
@@ -185,62 +180,68 @@ fn run(config: Config) -> ! {
 
     services::start_all(&ctx, &config.services);
 
-    let listener = Listener::bind(&config.listen).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    let bind =
+        |address: &Address| Listener::bind(address).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    let listener = bind(&config.listen);
+    let exec_listener = bind(&config.exec_listen());
+    let forward_listener = bind(&vm_proto::forward::forward_address(&config.listen));
     // Over vsock only the host may call; a Unix socket is guarded by its file permissions.
     let host_only: PeerFilter = Arc::new(|peer| match peer {
         Peer::Vsock { cid, .. } => *cid == HOST_CID,
         Peer::Unix { .. } => true,
     });
-    let exec_listener =
-        Listener::bind(&config.exec_listen()).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
-    if let Err(e) = exec_server::start(
-        ctx.clone(),
-        exec_listener,
-        params.token.clone(),
-        host_only.clone(),
-    ) {
-        fatal(
-            pid1,
-            &format!("cannot start the process stream service: {e}"),
-        );
-    }
-    let forward_listener = Listener::bind(&vm_proto::forward::forward_address(&config.listen))
-        .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
-    if let Err(e) = port_forward::start(
-        ctx.clone(),
-        forward_listener,
-        params.token.clone(),
-        host_only.clone(),
-    ) {
-        fatal(pid1, &format!("cannot start the port forward service: {e}"));
-    }
     let server = GrpcServer::start(
         env,
         vec![create_maitred(rpc::MaitredService::new(ctx.clone()))],
         params.token.clone(),
-        vec![listener],
-        host_only,
+        Vec::new(),
+        host_only.clone(),
     )
     .unwrap_or_else(|e| fatal(pid1, &e.to_string()));
+    let grpc = server.admission();
+    let grpc_address = listener.address().clone();
+    let services: Vec<(Listener, stream_accept::Admit)> = vec![
+        (
+            listener,
+            Box::new(move |fd, peer| grpc.admit(fd, peer, &grpc_address)),
+        ),
+        (
+            exec_listener,
+            exec_server::service(ctx.clone(), params.token.clone(), host_only.clone()),
+        ),
+        (
+            forward_listener,
+            port_forward::service(ctx.clone(), params.token.clone(), host_only),
+        ),
+    ];
+    if let Err(e) = stream_accept::start(services) {
+        fatal(pid1, &format!("cannot start the accepting thread: {e}"));
+    }
     info!(
         "serving Maitred on {} for VM {}",
         config.listen, params.vm_id
     );
     let _ = serving.send(());
 
-    let why = shutdown_rx.recv().unwrap_or(Shutdown::Requested);
+    // The main thread is the signal loop (and so the reaper) until a shutdown.
+    let why = serve_signals(&ctx, &signals, &shutdown_rx);
     shutdown::shutdown(&ctx, &why);
     server.shutdown();
     info!("exiting ({why:?})");
     std::process::exit(0);
 }
 
-fn signal_loop(ctx: &Context, signals: SigSet) {
+/// Reaps on SIGCHLD until a signal or a request asks for a shutdown; returns why.
+fn serve_signals(ctx: &Context, signals: &SigSet, requests: &Receiver<Shutdown>) -> Shutdown {
     loop {
+        if let Ok(why) = requests.try_recv() {
+            return why;
+        }
         match signals.wait() {
             Ok(Signal::SIGCHLD) => ctx.reaper.reap(),
             Ok(Signal::SIGHUP) => {}
-            Ok(signal) => ctx.request_shutdown(Shutdown::Signal(signal as i32)),
+            Ok(signal) if signal == context::WAKE_SIGNAL => {}
+            Ok(signal) => return Shutdown::Signal(signal as i32),
             Err(_) => {}
         }
     }

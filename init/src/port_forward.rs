@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use vm_proto::forward::{self, Request};
 use vm_proto::server::PeerFilter;
 use vm_proto::stream;
-use vm_proto::{Listener, Token};
+use vm_proto::Token;
 
 use crate::context::Context;
-use crate::stream_accept::{AcceptLoop, Refusals};
+use crate::stream_accept::{Admit, Refusals, StreamService};
 
 /// HELLO and the request must arrive within this time of connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,25 +131,19 @@ struct Shared {
     pending: Arc<Pending>,
 }
 
-/// Serves forward streams on `listener` from a thread of its own.
-pub fn start(
-    ctx: Arc<Context>,
-    listener: Listener,
-    token: Token,
-    filter: PeerFilter,
-) -> std::io::Result<()> {
+/// Serves forward streams: what to do with each connection on the forward port.
+pub fn service(ctx: Arc<Context>, token: Token, filter: PeerFilter) -> Admit {
     let shared = Arc::new(Shared {
         ctx,
         token,
         pending: Arc::new(Pending::default()),
     });
-    AcceptLoop {
-        name: "forward-accept",
+    StreamService {
         connection: "forward",
         stack: Some(THREAD_STACK),
         refusals: &REFUSED,
     }
-    .start(listener, filter, move |fd| serve_connection(&shared, fd))
+    .admit(filter, move |fd| serve_connection(&shared, fd))
 }
 
 /// Refuses the stream with an ERROR frame (best effort) and a counted log line.

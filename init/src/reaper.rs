@@ -6,10 +6,11 @@
 //! too.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -34,7 +35,6 @@ struct State {
 #[derive(Default)]
 pub struct Reaper {
     state: Mutex<State>,
-    changed: Condvar,
 }
 
 /// Held while starting a process, so its exit cannot be published before it is registered.
@@ -77,17 +77,11 @@ impl Reaper {
                 Err(Errno::EINTR) => continue,
                 Err(_) => {
                     // ECHILD: nobody left.
-                    let mut state = self.lock();
-                    state.childless = true;
-                    self.changed.notify_all();
+                    self.lock().childless = true;
                     return;
                 }
             };
-            let on_exit = {
-                let mut state = self.lock();
-                self.changed.notify_all();
-                state.waiters.remove(&pid.as_raw())
-            };
+            let on_exit = { self.lock().waiters.remove(&pid.as_raw()) };
             // Outside the lock: a callback may start a process (a respawn).
             if let Some(on_exit) = on_exit {
                 on_exit(pid.as_raw(), exit);
@@ -95,22 +89,24 @@ impl Reaper {
         }
     }
 
-    /// Waits until we have no children left, or `timeout` passes. True if none are left.
-    pub fn wait_childless(&self, timeout: Duration) -> bool {
+    /// Reaps until we have no children left, or `timeout` passes. True if none are left.
+    /// For the thread that otherwise reaps on SIGCHLD (which must be blocked): it waits here
+    /// for SIGCHLD itself, since nobody else will take it.
+    pub fn reap_until_childless(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
+        let mut sigchld = SigSet::empty();
+        sigchld.add(Signal::SIGCHLD);
         loop {
-            if state.childless {
+            self.reap();
+            if self.lock().childless {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            state = match self.changed.wait_timeout(state, left) {
-                Ok((s, _)) => s,
-                Err(p) => p.into_inner().0,
-            };
+            // An exit after the reap above leaves SIGCHLD pending: this returns at once.
+            crate::sys::wait_for_signal(&sigchld, left);
         }
     }
 

@@ -27,12 +27,12 @@ fn signal_everyone(ctx: &Context, signal: Signal) {
     }
 }
 
-/// Stops every process. Returns when none are left or after SIGKILL's grace.
+/// Stops every process. Returns when none are left or after SIGKILL's grace. Runs on the
+/// thread that reaps (maitred's main thread), and reaps while it waits.
 pub fn stop_processes(ctx: &Context) {
     ctx.stopping.store(true, Ordering::SeqCst);
     signal_everyone(ctx, Signal::SIGTERM);
-    ctx.reaper.reap();
-    if ctx.reaper.wait_childless(TERM_GRACE) {
+    if ctx.reaper.reap_until_childless(TERM_GRACE) {
         return;
     }
     warn!(
@@ -40,8 +40,7 @@ pub fn stop_processes(ctx: &Context) {
         TERM_GRACE.as_secs()
     );
     signal_everyone(ctx, Signal::SIGKILL);
-    ctx.reaper.reap();
-    if !ctx.reaper.wait_childless(KILL_GRACE) {
+    if !ctx.reaper.reap_until_childless(KILL_GRACE) {
         warn!("some processes survived SIGKILL");
     }
 }

@@ -1,14 +1,16 @@
-//! What maitred's stream services (process streams, port forwards) share: the accept loop,
-//! one thread that refuses peers the filter rejects and serves every other connection on a
-//! thread of its own, and counted refusals, logged at the 1st, 2nd, 4th, 8th… (a guest can
-//! cause them, so the log stays bounded).
+//! Accepting for every service maitred serves on its own sockets: one thread polls the
+//! gRPC, process stream and port forward listeners together (a thread per listener would
+//! idle in PID 1 for the VM's whole life) and hands each connection to its service. Also
+//! what the two stream services (process streams, port forwards) share: a connection
+//! thread per admitted peer, and counted refusals, logged at the 1st, 2nd, 4th, 8th… (a
+//! guest can cause them, so the log stays bounded).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use vm_proto::server::PeerFilter;
-use vm_proto::Listener;
+use vm_proto::{Listener, ListenerSet, Peer};
 
 use crate::warn;
 
@@ -35,10 +37,13 @@ impl Refusals {
     }
 }
 
-/// How a service names its threads and counts its refusals.
-pub struct AcceptLoop {
-    /// The accepting thread's name.
-    pub name: &'static str,
+/// What a service does with one accepted connection, on the accepting thread: it must not
+/// block (hand the connection to a thread of its own or to grpcio).
+pub type Admit = Box<dyn Fn(OwnedFd, Peer) + Send>;
+
+/// A stream service: each connection from a peer its filter admits is served on a new
+/// thread.
+pub struct StreamService {
     /// Each connection thread's name.
     pub connection: &'static str,
     /// A connection thread's stack, if not the default.
@@ -46,36 +51,46 @@ pub struct AcceptLoop {
     pub refusals: &'static Refusals,
 }
 
-impl AcceptLoop {
-    /// Accepts on `listener` from a thread of its own; each connection from a peer that
-    /// `filter` admits is `serve`d on a new thread.
-    pub fn start(
+impl StreamService {
+    pub fn admit(
         self,
-        listener: Listener,
         filter: PeerFilter,
         serve: impl Fn(OwnedFd) + Clone + Send + 'static,
-    ) -> std::io::Result<()> {
-        std::thread::Builder::new()
-            .name(self.name.into())
-            .spawn(move || loop {
-                match listener.accept() {
-                    Ok((fd, peer)) if filter(&peer) => {
-                        let serve = serve.clone();
-                        let mut thread = std::thread::Builder::new().name(self.connection.into());
-                        if let Some(bytes) = self.stack {
-                            thread = thread.stack_size(bytes);
-                        }
-                        if let Err(e) = thread.spawn(move || serve(fd)) {
-                            self.refusals.note(&format!("cannot start a thread: {e}"));
-                        }
-                    }
-                    Ok((_, peer)) => self.refusals.note(&format!("refused peer {peer:?}")),
+    ) -> Admit {
+        Box::new(move |fd, peer| {
+            if !filter(&peer) {
+                self.refusals.note(&format!("refused peer {peer:?}"));
+                return;
+            }
+            let serve = serve.clone();
+            let mut thread = std::thread::Builder::new().name(self.connection.into());
+            if let Some(bytes) = self.stack {
+                thread = thread.stack_size(bytes);
+            }
+            if let Err(e) = thread.spawn(move || serve(fd)) {
+                self.refusals.note(&format!("cannot start a thread: {e}"));
+            }
+        })
+    }
+}
+
+/// Accepts on every listener from one thread of its own, for as long as maitred runs.
+pub fn start(services: Vec<(Listener, Admit)>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || {
+            let mut listeners = ListenerSet::new(services.iter().map(|(l, _)| l).collect());
+            loop {
+                match listeners.accept() {
+                    Ok(Some((index, fd, peer))) => (services[index].1)(fd, peer),
+                    Ok(None) => return, // stopped: maitred is ending
                     Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
                         warn!("{e}");
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-            })
-            .map(drop)
-    }
+            }
+        })
+        .map(drop)
 }

@@ -393,3 +393,16 @@ pub fn take_terminal_foreground() {
         }
     }
 }
+
+/// Waits up to `timeout` for one of `signals` (which the caller blocks) to be pending, and
+/// takes it. Returns false on timeout.
+pub fn wait_for_signal(signals: &nix::sys::signal::SigSet, timeout: std::time::Duration) -> bool {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: both pointers are to live locals (the set is nix's wrapper over a sigset_t);
+    // the siginfo out-pointer may be null.
+    let rc = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timeout) };
+    rc > 0
+}

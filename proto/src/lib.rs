@@ -32,7 +32,7 @@ pub use auth::{Token, TokenError};
 #[cfg(feature = "grpc")]
 pub use client::{CallError, Connector};
 pub use cmdline::{CmdlineError, GuestParams};
-pub use listener::{Listener, Peer};
+pub use listener::{Listener, ListenerSet, Peer};
 #[cfg(feature = "grpc")]
 pub use server::{GrpcServer, ServerError};
 pub use transport::{connect, connect_with_timeout, TransportError};

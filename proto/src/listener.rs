@@ -5,7 +5,8 @@
 //! listener (it fails with ENOTCONN), so nothing here blocks in `accept`. The listening
 //! socket is non-blocking and every accept first polls it together with an eventfd; raising
 //! that eventfd ([`Listener::stop`] or a [`Waker`]) wakes every accepting thread on every
-//! transport, and each later accept returns at once.
+//! transport, and each later accept returns at once. A [`ListenerSet`] serves several listeners
+//! from one thread.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -110,29 +111,9 @@ impl Listener {
     /// Like [`accept`](Self::accept), but a stop is `Ok(None)` rather than an error: for
     /// accept loops that end when their owner stops the listener.
     pub fn accept_or_stop(&self) -> Result<Option<(OwnedFd, Peer)>, TransportError> {
-        let accept_err = |source| TransportError::Accept {
-            addr: self.addr.to_string(),
-            source,
-        };
-        loop {
-            let (stopped, readable) =
-                sys::poll_readable(self.stop.0.as_fd(), self.socket_fd()).map_err(accept_err)?;
-            if stopped {
-                return Ok(None);
-            }
-            if !readable {
-                continue;
-            }
-            match self.try_accept() {
-                Ok(conn) => {
-                    set_nonblocking(&conn.0).map_err(accept_err)?;
-                    return Ok(Some(conn));
-                }
-                // Another thread took it, or the peer gave up before we got to it.
-                Err(e) if is_transient(&e) => continue,
-                Err(e) => return Err(accept_err(e)),
-            }
-        }
+        Ok(ListenerSet::new(vec![self])
+            .accept()?
+            .map(|(_, fd, peer)| (fd, peer)))
     }
 
     /// One non-blocking accept(2).
@@ -166,6 +147,63 @@ impl Listener {
         match &self.socket {
             Socket::Unix(l, _) => l.as_fd(),
             Socket::Vsock(l) => l.as_fd(),
+        }
+    }
+}
+
+/// Several listeners served by one thread: [`ListenerSet::accept`] waits on all of them.
+/// Ready listeners are taken in turn, so a flood on one does not starve the others.
+pub struct ListenerSet<'a> {
+    listeners: Vec<&'a Listener>,
+    next: usize,
+}
+
+impl<'a> ListenerSet<'a> {
+    pub fn new(listeners: Vec<&'a Listener>) -> ListenerSet<'a> {
+        ListenerSet { listeners, next: 0 }
+    }
+
+    /// Waits, with no timeout, for a connection on any listener: returns the listener's
+    /// index and the connection (non-blocking, ready for grpcio), or `Ok(None)` once any
+    /// listener is stopped.
+    pub fn accept(&mut self) -> Result<Option<(usize, OwnedFd, Peer)>, TransportError> {
+        let count = self.listeners.len();
+        let mut fds: Vec<BorrowedFd<'_>> =
+            self.listeners.iter().map(|l| l.stop.0.as_fd()).collect();
+        fds.extend(self.listeners.iter().map(|l| l.socket_fd()));
+        loop {
+            let ready = sys::poll_readable(&fds).map_err(|source| TransportError::Accept {
+                addr: self
+                    .listeners
+                    .iter()
+                    .map(|l| l.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                source,
+            })?;
+            if ready[..count].contains(&true) {
+                return Ok(None);
+            }
+            for index in (0..count).map(|i| (self.next + i) % count) {
+                if !ready[count + index] {
+                    continue;
+                }
+                let listener = self.listeners[index];
+                let accept_err = |source| TransportError::Accept {
+                    addr: listener.addr.to_string(),
+                    source,
+                };
+                match listener.try_accept() {
+                    Ok((fd, peer)) => {
+                        set_nonblocking(&fd).map_err(accept_err)?;
+                        self.next = (index + 1) % count;
+                        return Ok(Some((index, fd, peer)));
+                    }
+                    // Another thread took it, or the peer gave up before we got to it.
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(accept_err(e)),
+                }
+            }
         }
     }
 }

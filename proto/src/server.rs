@@ -1,5 +1,6 @@
 //! A gRPC server fed by our own listeners: one blocking acceptor thread per listener hands
-//! each accepted socket (non-blocking, peer checked) to a running grpcio server. Every call
+//! each accepted socket (non-blocking, peer checked) to a running grpcio server; an
+//! [`Admission`] does the same for sockets accepted by someone else's thread. Every call
 //! must carry the access token ([`crate::auth::TokenChecker`]).
 //!
 //! Stopping is bounded: the acceptors wake through their listeners' eventfds (see
@@ -153,6 +154,12 @@ impl GrpcServer {
         Ok(())
     }
 
+    /// A handle that serves connections accepted elsewhere, with this server's peer filter
+    /// and connection limit.
+    pub fn admission(&self) -> Admission {
+        Admission(self.shared.clone())
+    }
+
     pub fn addresses(&self) -> Vec<Address> {
         self.listeners.iter().map(|l| l.address().clone()).collect()
     }
@@ -222,36 +229,47 @@ impl Drop for GrpcServer {
     }
 }
 
-fn accept_loop(shared: &Shared, listener: &Listener) {
+fn accept_loop(shared: &Arc<Shared>, listener: &Listener) {
+    let admission = Admission(shared.clone());
     loop {
         match listener.accept_or_stop() {
             Ok(None) => break,
-            Ok(Some((_, peer))) if (shared.filter)(&peer) && !shared.has_room() => {
-                // Dropping the socket closes it: the peer sees its connection end at once.
-                let n = shared.refused_busy.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    eprintln!(
-                        "refused a connection on {} from {peer:?}: {MAX_CONNECTIONS} are open ({n} refused so far)",
-                        listener.address()
-                    );
-                }
-            }
-            Ok(Some((fd, peer))) if (shared.filter)(&peer) => shared.add_connection(fd),
-            Ok(Some((_, peer))) => {
-                // A foreign peer can make us log: only at the 1st, 2nd, 4th, 8th… refusal.
-                let n = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    eprintln!(
-                        "refused a connection on {} from {peer:?} ({n} refused so far)",
-                        listener.address()
-                    );
-                }
-            }
+            Ok(Some((fd, peer))) => admission.admit(fd, peer, listener.address()),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 eprintln!("{e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+    }
+}
+
+/// Hands accepted connections to a running [`GrpcServer`], for an acceptor that is not the
+/// server's own (one thread accepting for several services). Cheap to clone.
+#[derive(Clone)]
+pub struct Admission(Arc<Shared>);
+
+impl Admission {
+    /// Serves `fd` if the peer filter admits `peer` and fewer than [`MAX_CONNECTIONS`] are
+    /// open; otherwise closes it, logging at the 1st, 2nd, 4th… refusal (a foreign peer can
+    /// make us log). `on` names the listener in those lines.
+    pub fn admit(&self, fd: OwnedFd, peer: Peer, on: &Address) {
+        let shared = &self.0;
+        if !(shared.filter)(&peer) {
+            let n = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                eprintln!("refused a connection on {on} from {peer:?} ({n} refused so far)");
+            }
+        } else if !shared.has_room() {
+            // Dropping the socket closes it: the peer sees its connection end at once.
+            let n = shared.refused_busy.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                eprintln!(
+                    "refused a connection on {on} from {peer:?}: {MAX_CONNECTIONS} are open ({n} refused so far)"
+                );
+            }
+        } else {
+            shared.add_connection(fd);
         }
     }
 }

@@ -48,27 +48,23 @@ pub fn eventfd_raise(fd: BorrowedFd<'_>) {
     unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
-/// Blocks until `a` or `b` is readable (or in error); returns which, as (a, b).
-pub fn poll_readable(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+/// Blocks until one of `fds` is readable (or in error); returns which, in order.
+pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
     let ready =
         |revents: libc::c_short| revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
-    let mut fds = [
-        libc::pollfd {
-            fd: a.as_raw_fd(),
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        },
-        libc::pollfd {
-            fd: b.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+        })
+        .collect();
     loop {
-        // SAFETY: `fds` is a live array of two pollfd whose descriptors the borrows keep open.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        // SAFETY: `polled` is a live array of pollfd whose descriptors the borrows keep open.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if n >= 0 {
-            return Ok((ready(fds[0].revents), ready(fds[1].revents)));
+            return Ok(polled.iter().map(|p| ready(p.revents)).collect());
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
