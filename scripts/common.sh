@@ -48,7 +48,8 @@ need_build_deps() {
 # RUSTFLAGS differ from the host build's. The final link only (cargo rustc) packs the
 # relative relocations (-z pack-relative-relocs, glibc >= 2.36): a static-pie keeps ASLR and
 # drops ~370 KB of .rela.dyn, without recompiling the C-core. The `guest` profile
-# (Cargo.toml) optimises for size and aborts on a panic.
+# (Cargo.toml) optimises for size and aborts on a panic. Called in $(…), where set -e does
+# not hold: a failed build returns its status, so no image is made from stale binaries.
 GUEST_TARGET=x86_64-unknown-linux-gnu
 GUEST_TARGET_DIR="$VM_TOOLS_CACHE/target-guest"
 build_guest_programs() {
@@ -56,10 +57,10 @@ build_guest_programs() {
     log "building the guest programs (one static multi-call binary)"
     CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
         cargo rustc --profile guest --target "$GUEST_TARGET" -p vm_tools_guest --bin vm_tools_guest \
-        -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
+        -- -C link-arg=-Wl,-z,pack-relative-relocs >&2 || return
     CARGO_TARGET_DIR="$GUEST_TARGET_DIR" RUSTFLAGS='-C target-feature=+crt-static' \
         cargo rustc --profile guest --target "$GUEST_TARGET" -p crash_collector \
-        --bin crash_collector -- -C link-arg=-Wl,-z,pack-relative-relocs >&2
+        --bin crash_collector -- -C link-arg=-Wl,-z,pack-relative-relocs >&2 || return
     echo "$GUEST_TARGET_DIR/$GUEST_TARGET/guest"
 }
 
