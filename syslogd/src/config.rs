@@ -12,6 +12,10 @@ usage: vm_syslog [options]
   --socket PATH        the syslog datagram socket to serve (default /dev/log)
   --stream-socket PATH the syslog stream socket, for SOCK_STREAM-only clients
                        (default /dev/log-stream; octet-counted or newline-framed)
+  --socket-fd N        serve the datagram socket inherited as fd N instead of binding
+                       one (maitred binds it at boot: what is sent before vm_syslog runs,
+                       or while it restarts, waits in the socket); the path is kept
+  --stream-socket-fd N the same for the stream socket
   --kmsg PATH          the kernel log to read (default /dev/kmsg)
   --no-kmsg            do not read a kernel log
   --host ADDR          the host's LogCollector (default vsock:2:<maitred.host_port>)
@@ -28,6 +32,10 @@ pub const DEFAULT_BUFFER_BYTES: usize = 8 << 20;
 pub struct Config {
     pub socket: PathBuf,
     pub stream_socket: PathBuf,
+    /// An inherited, already bound datagram socket to serve instead of binding `socket`.
+    pub socket_fd: Option<i32>,
+    /// The same for the stream socket.
+    pub stream_socket_fd: Option<i32>,
     /// None: no kernel log (`--no-kmsg`).
     pub kmsg: Option<PathBuf>,
     /// None: `vsock:2:<maitred.host_port>` from the command line.
@@ -42,6 +50,8 @@ impl Default for Config {
         Config {
             socket: PathBuf::from("/dev/log"),
             stream_socket: PathBuf::from("/dev/log-stream"),
+            socket_fd: None,
+            stream_socket_fd: None,
             kmsg: Some(PathBuf::from("/dev/kmsg")),
             host: None,
             cmdline: PathBuf::from("/proc/cmdline"),
@@ -88,6 +98,16 @@ fn parse_bytes(flag: &str, value: &str) -> Result<usize, UsageError> {
     }
 }
 
+/// An inherited descriptor: 3 or more (0-2 are stdio).
+fn parse_fd(flag: &str, value: &str) -> Result<i32, UsageError> {
+    match value.parse::<i32>() {
+        Ok(fd) if fd >= 3 => Ok(fd),
+        _ => Err(UsageError(format!(
+            "{flag} {value:?}: expected an inherited descriptor number, 3 or more"
+        ))),
+    }
+}
+
 pub fn parse_args(args: &[String]) -> Result<Command, UsageError> {
     let mut config = Config::default();
     let mut it = args.iter();
@@ -109,6 +129,8 @@ pub fn parse_args(args: &[String]) -> Result<Command, UsageError> {
         match flag {
             "--socket" => config.socket = value()?.into(),
             "--stream-socket" => config.stream_socket = value()?.into(),
+            "--socket-fd" => config.socket_fd = Some(parse_fd(flag, &value()?)?),
+            "--stream-socket-fd" => config.stream_socket_fd = Some(parse_fd(flag, &value()?)?),
             "--kmsg" => config.kmsg = Some(value()?.into()),
             "--host" => {
                 let text = value()?;
@@ -132,6 +154,20 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn socket_fds_are_descriptors_from_3_up() {
+        let Ok(Command::Run(c)) =
+            parse_args(&args(&["--socket-fd", "3", "--stream-socket-fd", "4"]))
+        else {
+            panic!("parse failed")
+        };
+        assert_eq!((c.socket_fd, c.stream_socket_fd), (Some(3), Some(4)));
+        for bad in ["2", "-1", "x", ""] {
+            let err = parse_args(&args(&["--socket-fd", bad])).unwrap_err();
+            assert!(err.0.contains("inherited descriptor"), "{err}");
+        }
     }
 
     #[test]
@@ -163,6 +199,8 @@ mod tests {
             Command::Run(Config {
                 socket: "/tmp/log".into(),
                 stream_socket: "/tmp/log-stream".into(),
+                socket_fd: None,
+                stream_socket_fd: None,
                 kmsg: Some("/tmp/kmsg".into()),
                 host: Some(Address::Unix("/tmp/host.sock".into())),
                 cmdline: "/tmp/cmdline".into(),

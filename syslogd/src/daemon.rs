@@ -58,10 +58,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
     let buffer = Arc::new(Buffer::new(config.buffer_bytes, BATCH_BYTES));
 
-    let devlog = DevLog::bind(&config.socket).map_err(DaemonError::DevLog)?;
+    let devlog = match config.socket_fd {
+        Some(fd) => DevLog::inherit(fd, &config.socket),
+        None => DevLog::bind(&config.socket),
+    }
+    .map_err(DaemonError::DevLog)?;
     let b = buffer.clone();
     spawn("devlog", move || devlog.run(b))?;
-    let stream_log = StreamLog::bind(&config.stream_socket).map_err(DaemonError::DevLog)?;
+    let stream_log = match config.stream_socket_fd {
+        Some(fd) => StreamLog::inherit(fd, &config.stream_socket),
+        None => StreamLog::bind(&config.stream_socket),
+    }
+    .map_err(DaemonError::DevLog)?;
     let b = buffer.clone();
     spawn("devlog-accept", move || stream_log.run(b))?;
 
@@ -96,8 +104,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .with_state(state)
         .run();
     // Senders now fail fast instead of filling a queue nobody reads.
-    let _ = std::fs::remove_file(&config.socket);
-    let _ = std::fs::remove_file(&config.stream_socket);
+    // Sockets we bound go with us; inherited ones stay with their owner (maitred keeps
+    // them for the next vm_syslog).
+    if config.socket_fd.is_none() {
+        let _ = std::fs::remove_file(&config.socket);
+    }
+    if config.stream_socket_fd.is_none() {
+        let _ = std::fs::remove_file(&config.stream_socket);
+    }
     if stats.abandoned > 0 {
         crate::warn!(
             "vm_syslog: stopped with {} records undelivered",

@@ -78,6 +78,33 @@ pub struct DevLog {
     path: PathBuf,
 }
 
+/// Takes `fd`, inherited from our parent, once it is checked to be a socket of `kind`
+/// (datagram, stream): a wrong number fails here, not later in a receive.
+pub(crate) fn inherited_socket(
+    fd: i32,
+    kind: nix::sys::socket::SockType,
+    path: &Path,
+) -> Result<std::os::fd::OwnedFd, DevLogError> {
+    let not_inherited = |why: String| DevLogError::Setup {
+        path: path.to_path_buf(),
+        source: io::Error::other(format!("inherited fd {fd}: {why}")),
+    };
+    // SAFETY: only borrowed for the check below; ownership is taken after it succeeds.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match nix::sys::socket::getsockopt(&borrowed, sockopt::SockType) {
+        Ok(t) if t == kind => {}
+        Ok(t) => {
+            return Err(not_inherited(format!(
+                "a {t:?} socket, not the expected type"
+            )))
+        }
+        Err(e) => return Err(not_inherited(format!("not an open socket ({})", e.desc()))),
+    }
+    // SAFETY: `fd` is an open socket (checked above) that our parent passed to us and that
+    // nothing else in this process owns; it is taken once, at start-up.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
 /// Removes a socket left by an earlier run; anything else at `path` is an error.
 pub(crate) fn remove_stale(path: &Path) -> Result<(), DevLogError> {
     vm_proto::transport::remove_stale_socket(path).map_err(|source| {
@@ -105,6 +132,21 @@ impl DevLog {
         })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(setup)?;
         setsockopt(&socket, sockopt::PassCred, &true).map_err(|e| setup(e.into()))?;
+        Ok(DevLog {
+            socket,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves the datagram socket inherited as `fd` (bound by maitred at `path`, which is
+    /// only named in messages and left in place).
+    pub fn inherit(fd: i32, path: &Path) -> Result<DevLog, DevLogError> {
+        let owned = inherited_socket(fd, nix::sys::socket::SockType::Datagram, path)?;
+        let socket = UnixDatagram::from(owned);
+        setsockopt(&socket, sockopt::PassCred, &true).map_err(|e| DevLogError::Setup {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
         Ok(DevLog {
             socket,
             path: path.to_path_buf(),

@@ -57,6 +57,15 @@ impl StreamLog {
         })
     }
 
+    /// Serves the listening socket inherited as `fd` (bound by maitred at `path`).
+    pub fn inherit(fd: i32, path: &Path) -> Result<StreamLog, DevLogError> {
+        let owned = crate::devlog::inherited_socket(fd, nix::sys::socket::SockType::Stream, path)?;
+        Ok(StreamLog {
+            listener: UnixListener::from(owned),
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Accepts forever, one thread per client, at most [`MAX_CLIENTS`].
     pub fn run(self, buffer: Arc<Buffer>) {
         let live = Arc::new(AtomicUsize::new(0));

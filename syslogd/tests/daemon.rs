@@ -142,3 +142,123 @@ fn restart_resends_no_kernel_record_and_counts_the_gap() {
         "{kernel:#?}"
     );
 }
+
+/// vm_syslog on sockets it inherits as fds 3 and 4 (as maitred starts it), sending to `host`.
+fn start_on_inherited(
+    dir: &Path,
+    token: &Token,
+    host: &vm_proto::Address,
+    dgram: &std::os::unix::net::UnixDatagram,
+    stream: &std::os::unix::net::UnixListener,
+) -> std::process::Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let cmdline = write_cmdline(dir, token);
+    let fds = [dgram.as_raw_fd(), stream.as_raw_fd()];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm_syslog"));
+    cmd.args(["--socket-fd", "3", "--stream-socket-fd", "4", "--no-kmsg"])
+        .arg("--socket")
+        .arg(dir.join("log"))
+        .arg("--stream-socket")
+        .arg(dir.join("log-stream"))
+        .arg("--host")
+        .arg(host.to_string())
+        .arg("--cmdline")
+        .arg(&cmdline)
+        .arg("--state")
+        .arg(dir.join("state"))
+        .stdin(std::process::Stdio::null());
+    // SAFETY: only dup2, which is async-signal-safe, between fork and exec. The sources are
+    // above 4 in this test process (the test harness holds 0-2 and more), so moving one
+    // into 3 or 4 cannot overwrite the other before it is moved.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (target, fd) in fds.into_iter().enumerate() {
+                if libc::dup2(fd, 3 + target as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start vm_syslog")
+}
+
+#[test]
+fn inherited_sockets_lose_nothing_before_start_or_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("host.log");
+    let token = Token::generate().unwrap();
+    let host = Host::start(dir.path(), &token, LogSink::File(out.clone()));
+    // Bound by "maitred" (this test) before any vm_syslog runs.
+    let dgram = std::os::unix::net::UnixDatagram::bind(dir.path().join("log")).unwrap();
+    let stream = std::os::unix::net::UnixListener::bind(dir.path().join("log-stream")).unwrap();
+    assert!(dgram.as_raw_fd_above(4) && stream.as_raw_fd_above(4));
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let send = |what: &str| {
+        sender
+            .send_to(
+                format!("<13>app: {what}").as_bytes(),
+                dir.path().join("log"),
+            )
+            .unwrap()
+    };
+    send("before any vm_syslog");
+
+    let mut first = start_on_inherited(dir.path(), &token, &host.addr, &dgram, &stream);
+    wait_for("the early record", Duration::from_secs(10), || {
+        !lines_with(&out, "before any vm_syslog").is_empty()
+    });
+    // SAFETY: kill takes plain integers; the pid is our own live child's.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert!(dir.path().join("log").exists(), "an inherited socket stays");
+
+    send("gap-datagram");
+    let mut stream_client =
+        std::os::unix::net::UnixStream::connect(dir.path().join("log-stream")).unwrap();
+    stream_client.write_all(b"<13>app: gap-stream\n").unwrap();
+    drop(stream_client);
+    let mut second = start_on_inherited(dir.path(), &token, &host.addr, &dgram, &stream);
+    wait_for(
+        "the records sent in between",
+        Duration::from_secs(10),
+        || {
+            !lines_with(&out, "gap-datagram").is_empty()
+                && !lines_with(&out, "gap-stream").is_empty()
+        },
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    for what in ["before any vm_syslog", "gap-datagram", "gap-stream"] {
+        assert_eq!(lines_with(&out, what).len(), 1, "{what}: exactly once");
+    }
+}
+
+#[test]
+fn an_inherited_fd_that_is_not_the_right_socket_exits_1_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::generate().unwrap();
+    let cmdline = write_cmdline(dir.path(), &token);
+    let out = vm_syslog(&[
+        "--socket-fd",
+        "9",
+        "--no-kmsg",
+        "--cmdline",
+        cmdline.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inherited fd 9: not an open socket"), "{err}");
+}
+
+trait AboveStdio {
+    fn as_raw_fd_above(&self, fd: i32) -> bool;
+}
+
+impl<T: std::os::fd::AsRawFd> AboveStdio for T {
+    fn as_raw_fd_above(&self, fd: i32) -> bool {
+        self.as_raw_fd() > fd
+    }
+}
