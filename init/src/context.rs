@@ -13,6 +13,11 @@ use crate::spawn::Mode;
 /// only wakes the thread for nothing.
 pub const WAKE_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
 
+/// Makes the main thread look at what was sent to it (see [`WAKE_SIGNAL`]).
+pub fn wake_main_thread() {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), WAKE_SIGNAL);
+}
+
 /// Why maitred should shut the VM down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shutdown {
@@ -45,7 +50,7 @@ impl Context {
     /// by [`WAKE_SIGNAL`] to the process (pending until it is taken, so never lost).
     pub fn request_shutdown(&self, why: Shutdown) {
         let _ = self.shutdown.send(why);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), WAKE_SIGNAL);
+        wake_main_thread();
     }
 
     pub fn app_container(&self) -> Option<i32> {

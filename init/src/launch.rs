@@ -164,7 +164,7 @@ pub fn launch(ctx: &Arc<Context>, req: &LaunchProcessRequest) -> Outcome {
     }
     if !req.get_is_application() {
         // Nobody waits; the reaper drops its status.
-        let started = spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, Box::new(|_, _| {}));
+        let started = spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, &[], Box::new(|_, _| {}));
         return Ok(started.map_or_else(|e| failed(&e), launched));
     }
     let container = req.has_container();
@@ -184,7 +184,7 @@ pub fn launch(ctx: &Arc<Context>, req: &LaunchProcessRequest) -> Outcome {
             error!("cannot start a thread to report the application's exit: {e}");
         }
     });
-    match spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, on_exit) {
+    match spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, &[], on_exit) {
         Ok(pid) => {
             if container {
                 *app_container = Some(pid);
@@ -231,7 +231,7 @@ pub fn launch_waiting(
             error!("cannot start a thread to report the application's exit: {e}");
         }
     });
-    spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, on_exit)
+    spawn::spawn_then(ctx.mode(), &ctx.reaper, &spec, &[], on_exit)
         .err()
         .map(|e| Ok(failed(&e)))
 }

@@ -3,7 +3,8 @@
 //! - `config`: the command line (host-mode flags for tests).
 //! - `pid1`: init-only setup: stdio, `mounts`, limits, console, lo, core_pattern.
 //! - `reaper`: the single waiter that owns every exit status.
-//! - `spawn`: fork/exec with exec errors reported back; `services`: boot services, respawn.
+//! - `spawn`: fork/exec with exec errors reported back; `services`: boot services, respawn;
+//!   `service_sockets`: the sockets maitred binds for them.
 //! - `launch`, `network`, `guest_ops`: the work behind each RPC; `rpc`: the gRPC service.
 //! - `disks`: disks by identity (`disk:<ID>` → /dev/<name> by virtio-blk serial), and the
 //!   `vm_tools` disk mounted at boot.
@@ -43,6 +44,7 @@ mod pid1;
 mod port_forward;
 mod reaper;
 mod rpc;
+mod service_sockets;
 mod services;
 mod shutdown;
 mod spawn;
@@ -161,6 +163,7 @@ fn run(config: Config) -> ! {
     // The connection to the host is made while maitred starts serving (on a vsock it takes
     // round trips through the host); VmReady goes as soon as the server runs.
     let (serving, ready_to_tell) = crossbeam_channel::bounded::<()>(1);
+    let (told, host_told) = crossbeam_channel::bounded::<()>(1);
     let ready_ctx = ctx.clone();
     let _ = std::thread::Builder::new()
         .name("vm-ready".into())
@@ -176,9 +179,14 @@ fn run(config: Config) -> ! {
                 ),
                 Err(e) => error!("VmReady failed: {e}"),
             }
+            let _ = told.send(());
+            context::wake_main_thread();
         });
-
-    services::start_all(&ctx, &config.services);
+    // Boot services (vm_syslog) start once the host was told (on a VM with one CPU, starting
+    // them first made VmReady wait for their start-up), from the main thread (in host mode
+    // a child dies with the thread that started it). Their sockets are bound now, so
+    // nothing sent to them in between is lost.
+    let boot_services = services::prepare_all(&config.services);
 
     let bind =
         |address: &Address| Listener::bind(address).unwrap_or_else(|e| fatal(pid1, &e.to_string()));
@@ -224,18 +232,29 @@ fn run(config: Config) -> ! {
     let _ = serving.send(());
 
     // The main thread is the signal loop (and so the reaper) until a shutdown.
-    let why = serve_signals(&ctx, &signals, &shutdown_rx);
+    let why = serve_signals(&ctx, &signals, &shutdown_rx, &host_told, boot_services);
     shutdown::shutdown(&ctx, &why);
     server.shutdown();
     info!("exiting ({why:?})");
     std::process::exit(0);
 }
 
-/// Reaps on SIGCHLD until a signal or a request asks for a shutdown; returns why.
-fn serve_signals(ctx: &Context, signals: &SigSet, requests: &Receiver<Shutdown>) -> Shutdown {
+/// Reaps on SIGCHLD until a signal or a request asks for a shutdown; returns why. Starts
+/// the boot services once `host_told` says VmReady was sent.
+fn serve_signals(
+    ctx: &Arc<Context>,
+    signals: &SigSet,
+    requests: &Receiver<Shutdown>,
+    host_told: &Receiver<()>,
+    boot_services: Vec<services::Prepared>,
+) -> Shutdown {
+    let mut boot_services = Some(boot_services);
     loop {
         if let Ok(why) = requests.try_recv() {
             return why;
+        }
+        if boot_services.is_some() && host_told.try_recv().is_ok() {
+            services::start_all(ctx, boot_services.take().unwrap_or_default());
         }
         match signals.wait() {
             Ok(Signal::SIGCHLD) => ctx.reaper.reap(),

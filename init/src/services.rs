@@ -8,13 +8,19 @@
 //! env = RUST_LOG=info        # may repeat
 //! respawn = yes              # yes|no (default no)
 //! console = no               # stdio on /dev/console instead of /dev/null (default no)
+//! socket = dgram /run/x/log  # bound by maitred, passed as fd 3, 4, … (may repeat)
 //! ```
+//!
+//! Every service's sockets are bound at boot ([`prepare_all`]); the services themselves
+//! start once the host knows the VM is ready ([`start_all`]), so that they do not compete
+//! with maitred for the CPU before then, and nothing sent to them in between is lost.
 //!
 //! `argv` is split like the kernel command line (white space; double quotes group). A bad
 //! file is reported with its path and line and skipped; the other services still start.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::context::Context;
 use crate::reaper::Exit;
+use crate::service_sockets::SocketSpec;
 use crate::spawn::{self, ProcessSpec, SpawnError, Stdio};
 use crate::{error, info, warn};
 
@@ -34,6 +41,8 @@ pub struct ServiceConfig {
     pub name: String,
     pub spec: ProcessSpec,
     pub respawn: bool,
+    /// Passed as fds 3, 4, … in this order.
+    pub sockets: Vec<SocketSpec>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +87,7 @@ pub fn parse_service(path: &Path, text: &str) -> Result<ServiceConfig, ServiceCo
         stdio: Stdio::Null,
     };
     let mut respawn = false;
+    let mut sockets = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
         let line = raw.trim();
@@ -108,10 +118,11 @@ pub fn parse_service(path: &Path, text: &str) -> Result<ServiceConfig, ServiceCo
                     Stdio::Null
                 }
             }
+            "socket" => sockets.push(SocketSpec::parse(value).map_err(|e| err(n, e))?),
             _ => {
                 return Err(err(
                     n,
-                    format!("unknown key {key:?} (argv, env, respawn, console)"),
+                    format!("unknown key {key:?} (argv, env, respawn, console, socket)"),
                 ))
             }
         }
@@ -123,6 +134,7 @@ pub fn parse_service(path: &Path, text: &str) -> Result<ServiceConfig, ServiceCo
         name,
         spec,
         respawn,
+        sockets,
     })
 }
 
@@ -180,16 +192,20 @@ struct Supervised {
     spec: ProcessSpec,
     respawn: bool,
     window: Mutex<RespawnWindow>,
+    /// Its sockets, open for as long as maitred runs, passed to every start.
+    sockets: Vec<OwnedFd>,
 }
 
 impl Supervised {
     /// Starts the service once more; its exit comes back to [`Supervised::exited`].
     fn spawn(self: &Arc<Self>) -> Result<i32, SpawnError> {
         let me = self.clone();
+        let sockets: Vec<BorrowedFd<'_>> = self.sockets.iter().map(AsFd::as_fd).collect();
         spawn::spawn_then(
             self.ctx.mode(),
             &self.ctx.reaper,
             &self.spec,
+            &sockets,
             Box::new(move |_, exit| me.exited(exit)),
         )
     }
@@ -222,6 +238,42 @@ impl Supervised {
     }
 }
 
+/// A boot service loaded and its sockets bound, not started yet.
+pub struct Prepared {
+    config: ServiceConfig,
+    sockets: Vec<OwnedFd>,
+}
+
+/// Loads every service in `dir` and binds its sockets. A bad file, or a socket that cannot
+/// be bound, is logged and that service skipped; the others still start.
+pub fn prepare_all(dir: &Path) -> Vec<Prepared> {
+    let mut prepared = Vec::new();
+    for entry in load_dir(dir) {
+        let config = match entry {
+            Ok(config) => config,
+            Err(e) => {
+                error!("skipping service: {e}");
+                continue;
+            }
+        };
+        match config.sockets.iter().map(SocketSpec::bind).collect() {
+            Ok(sockets) => prepared.push(Prepared { config, sockets }),
+            Err(e) => error!("skipping service {}: {e}", config.name),
+        }
+    }
+    prepared
+}
+
+/// Starts every prepared service. Errors are logged.
+pub fn start_all(ctx: &Arc<Context>, services: Vec<Prepared>) {
+    for Prepared { config, sockets } in services {
+        match supervise(ctx, &config.name, config.spec, config.respawn, sockets) {
+            Ok(pid) => info!("started service {} (pid {pid})", config.name),
+            Err(e) => error!("service {}: {e}", config.name),
+        }
+    }
+}
+
 /// Starts `spec`; with `respawn`, it is restarted whenever it exits, within the policy.
 /// Returns the first pid.
 pub fn start(
@@ -229,6 +281,16 @@ pub fn start(
     name: &str,
     spec: ProcessSpec,
     respawn: bool,
+) -> Result<i32, SpawnError> {
+    supervise(ctx, name, spec, respawn, Vec::new())
+}
+
+fn supervise(
+    ctx: &Arc<Context>,
+    name: &str,
+    spec: ProcessSpec,
+    respawn: bool,
+    sockets: Vec<OwnedFd>,
 ) -> Result<i32, SpawnError> {
     let mut window = RespawnWindow::default();
     window.allow(Instant::now());
@@ -238,21 +300,9 @@ pub fn start(
         spec,
         respawn,
         window: Mutex::new(window),
+        sockets,
     });
     service.spawn()
-}
-
-/// Starts every service in `dir`; errors are logged and skipped.
-pub fn start_all(ctx: &Arc<Context>, dir: &Path) {
-    for entry in load_dir(dir) {
-        match entry {
-            Ok(svc) => match start(ctx, &svc.name, svc.spec, svc.respawn) {
-                Ok(pid) => info!("started service {} (pid {pid})", svc.name),
-                Err(e) => error!("service {}: {e}", svc.name),
-            },
-            Err(e) => error!("skipping service: {e}"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::ffi::{CString, OsStr};
 use std::fmt;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -273,10 +273,12 @@ pub fn spawn_in(mode: Mode, reaper: &Reaper, spec: &ProcessSpec) -> Result<Spawn
 /// Starts `spec` (whose stdio must not be [`Stdio::Capture`]: nobody would read it) and
 /// runs `on_exit` on the reaping thread when it ends; returns its pid. No thread waits. If it
 /// does not start, `on_exit` is dropped unused.
+/// `inherit` become its fds 3, 4, … (boot services' sockets).
 pub fn spawn_then(
     mode: Mode,
     reaper: &Reaper,
     spec: &ProcessSpec,
+    inherit: &[BorrowedFd<'_>],
     on_exit: OnExit,
 ) -> Result<i32, SpawnError> {
     let stdio = match (spec.stdio, open_stdio(mode, spec.stdio)) {
@@ -286,7 +288,7 @@ pub fn spawn_then(
         }),
         (_, opened) => opened.map(|(stdio, _)| stdio),
     };
-    start(mode, reaper, spec, stdio?, on_exit)
+    start(mode, reaper, spec, stdio?, inherit, on_exit)
 }
 
 /// Starts `spec` with `stdio` as its fds 0-2 (`spec.stdio` is not used); returns its pid
@@ -301,7 +303,7 @@ pub fn spawn_with(
     let send: OnExit = Box::new(move |_, exit| {
         let _ = tx.send(exit);
     });
-    let pid = start(mode, reaper, spec, stdio, send)?;
+    let pid = start(mode, reaper, spec, stdio, &[], send)?;
     Ok((pid, rx))
 }
 
@@ -312,12 +314,25 @@ fn start(
     reaper: &Reaper,
     spec: &ProcessSpec,
     stdio: ChildStdio,
+    inherit: &[BorrowedFd<'_>],
     on_exit: OnExit,
 ) -> Result<i32, SpawnError> {
     let prepared = prepare(spec)?;
+    // Copies numbered above every target (3 .. 3 + n), so the child can move them into
+    // place in any order; closed here once the child has exec'd.
+    let above = 3 + inherit.len() as i32;
+    let copies = inherit
+        .iter()
+        .map(|fd| sys::dup_at_least(*fd, above))
+        .collect::<Result<Vec<OwnedFd>, Errno>>()
+        .map_err(|errno| SpawnError::Setup {
+            what: "passing a socket",
+            errno,
+        })?;
+    let copies_raw: Vec<i32> = copies.iter().map(AsRawFd::as_raw_fd).collect();
     let registration = reaper.registration();
     let die_with_parent = mode.children_die_with_maitred();
-    match sys::spawn_exec(&prepared, &stdio, die_with_parent) {
+    match sys::spawn_exec(&prepared, &stdio, &copies_raw, die_with_parent) {
         Ok(pid) => {
             registration.register_call(pid, on_exit);
             Ok(pid)
@@ -426,7 +441,7 @@ mod tests {
                 let (stdio, _) = open_stdio(mode, Stdio::Null).unwrap();
                 let die = mode.children_die_with_maitred();
                 // As spawn_with does: the thread outlives the child's prctl (done by exec).
-                sys::spawn_exec(&prepared, &stdio, die).unwrap()
+                sys::spawn_exec(&prepared, &stdio, &[], die).unwrap()
             })
             .join()
             .unwrap();

@@ -37,6 +37,8 @@ struct ChildArgs<'a> {
     argv: &'a [*const c_char],
     envp: &'a [*const c_char],
     fds: [i32; 3],
+    /// Become fds 3, 4, …; all above the last of them (see [`spawn_exec`]).
+    inherit: &'a [i32],
     die_with_parent: bool,
     reset_signals: &'a [i32],
     /// 0, or the errno of the step that failed; written by the child, read after it.
@@ -48,9 +50,12 @@ struct ChildArgs<'a> {
 /// copy-on-write faults), and this thread is suspended until the child has exec'd or
 /// failed. The child sets itself up and execs; an error comes back in shared memory.
 /// Returns the child's pid.
+/// `inherit` become the child's fds 3, 4, …; each must already be numbered above
+/// 2 + `inherit.len()`, so that no dup2 into place overwrites one still to be moved.
 pub fn spawn_exec(
     prepared: &Prepared,
     stdio: &ChildStdio,
+    inherit: &[i32],
     die_with_parent: bool,
 ) -> Result<i32, SpawnFailure> {
     // All allocation happens here, before the clone.
@@ -67,6 +72,7 @@ pub fn spawn_exec(
             stdio.stdout.as_raw_fd(),
             stdio.stderr.as_raw_fd(),
         ],
+        inherit,
         die_with_parent,
         reset_signals: non_default_signals(),
         errno: std::sync::atomic::AtomicI32::new(0),
@@ -167,6 +173,11 @@ unsafe fn child_exec(args: &ChildArgs<'_>) -> ! {
                 fail(*libc::__errno_location());
             }
         }
+        for (i, &fd) in args.inherit.iter().enumerate() {
+            if libc::dup2(fd, 3 + i as i32) < 0 {
+                fail(*libc::__errno_location());
+            }
+        }
         // A console child gets it as controlling terminal if nobody holds it; not fatal.
         libc::ioctl(0, libc::TIOCSCTTY, 0);
         // Start from a clean signal state: default dispositions, nothing blocked.
@@ -179,10 +190,10 @@ unsafe fn child_exec(args: &ChildArgs<'_>) -> ! {
         if libc::chdir(args.cwd.as_ptr()) < 0 {
             fail(*libc::__errno_location());
         }
-        // No fd of ours leaks into the program.
+        // No fd of ours leaks into the program, but those it inherits.
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            3 + args.inherit.len() as u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
@@ -405,4 +416,13 @@ pub fn wait_for_signal(signals: &nix::sys::signal::SigSet, timeout: std::time::D
     // the siginfo out-pointer may be null.
     let rc = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &timeout) };
     rc > 0
+}
+
+/// A close-on-exec copy of `fd` numbered `min` or above.
+pub fn dup_at_least(fd: std::os::fd::BorrowedFd<'_>, min: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer and returns a new descriptor or -1.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    Errno::result(copy)?;
+    // SAFETY: `copy` was just returned by fcntl, is open, and nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(copy) })
 }

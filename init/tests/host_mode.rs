@@ -251,6 +251,53 @@ fn service_crash_loop_stops_at_ten_spawns() {
     assert!(stderr.contains("20-bad.conf:1"), "{stderr}");
 }
 
+/// A service's `socket =` is bound by maitred and passed as fd 3; it stays bound while the
+/// service is not running, so datagrams sent between its runs wait for the next one.
+#[test]
+fn service_sockets_outlive_the_service_and_lose_nothing_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/svc.sock");
+    let out = dir.path().join("received");
+    // Each run takes one datagram from fd 3, appends it, lists its fds and exits (respawned).
+    let script = format!(
+        "import os,socket; f=' '.join(sorted(os.listdir('/proc/self/fd'))); \
+         s=socket.socket(fileno=3); open('{out}','ab').write(s.recv(100)+b' fds='+f.encode()+b'\\n')",
+        out = out.display()
+    );
+    let conf = format!(
+        "socket = dgram {}\nargv = python3 -c \"{script}\"\nrespawn = yes\n",
+        socket.display()
+    );
+    let guest = Guest::start_with_services(&[("10-reader.conf", &conf)]);
+    let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while sender.send_to(b"first", &socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never bound",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A burst: at most one run is reading at any time, the rest queue in the socket.
+    for word in ["second", "third", "fourth"] {
+        sender.send_to(word.as_bytes(), &socket).unwrap();
+    }
+    let received = || std::fs::read_to_string(&out).unwrap_or_default();
+    while received().lines().count() < 4 {
+        assert!(Instant::now() < deadline, "received only {:?}", received());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines: Vec<String> = received().lines().map(String::from).collect();
+    let words: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(words, ["first", "second", "third", "fourth"]);
+    for line in &lines {
+        // 0-2, the socket as 3, and the fd python's listdir itself opens: nothing else.
+        assert!(line.ends_with("fds=0 1 2 3 4"), "{line}");
+    }
+    drop(guest);
+}
+
 #[test]
 fn application_exit_is_reported_then_maitred_shuts_down() {
     let guest = Guest::start();
