@@ -153,21 +153,9 @@ fn start_on_inherited(
 ) -> std::process::Child {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let cmdline = write_cmdline(dir, token);
     let fds = [dgram.as_raw_fd(), stream.as_raw_fd()];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm_syslog"));
-    cmd.args(["--socket-fd", "3", "--stream-socket-fd", "4", "--no-kmsg"])
-        .arg("--socket")
-        .arg(dir.join("log"))
-        .arg("--stream-socket")
-        .arg(dir.join("log-stream"))
-        .arg("--host")
-        .arg(host.to_string())
-        .arg("--cmdline")
-        .arg(&cmdline)
-        .arg("--state")
-        .arg(dir.join("state"))
-        .stdin(std::process::Stdio::null());
+    let mut cmd = Daemon::command(dir, token, host);
+    cmd.args(["--socket-fd", "3", "--stream-socket-fd", "4", "--no-kmsg"]);
     // SAFETY: only dup2, which is async-signal-safe, between fork and exec. The sources are
     // above 4 in this test process (the test harness holds 0-2 and more), so moving one
     // into 3 or 4 cannot overwrite the other before it is moved.

@@ -94,23 +94,28 @@ pub fn write_cmdline(dir: &Path, token: &Token) -> PathBuf {
 }
 
 impl Daemon {
-    /// Starts vm_syslog on `dir/log` sending to `host`, with `extra` flags.
-    pub fn start(dir: &Path, token: &Token, host: &Address, extra: &[&str]) -> Daemon {
-        let socket = dir.join("log");
-        let cmdline = write_cmdline(dir, token);
-        let child = Command::new(env!("CARGO_BIN_EXE_vm_syslog"))
-            .arg("--socket")
-            .arg(&socket)
+    /// vm_syslog with its sockets `dir/log` and `dir/log-stream`, sending to `host`.
+    pub fn command(dir: &Path, token: &Token, host: &Address) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vm_syslog"));
+        cmd.arg("--socket")
+            .arg(dir.join("log"))
             .arg("--stream-socket")
             .arg(dir.join("log-stream"))
             .arg("--host")
             .arg(host.to_string())
             .arg("--cmdline")
-            .arg(&cmdline)
+            .arg(write_cmdline(dir, token))
             .arg("--state")
             .arg(dir.join("state"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts vm_syslog on `dir/log` sending to `host`, with `extra` flags.
+    pub fn start(dir: &Path, token: &Token, host: &Address, extra: &[&str]) -> Daemon {
+        let socket = dir.join("log");
+        let child = Daemon::command(dir, token, host)
             .args(extra)
-            .stdin(Stdio::null())
             .spawn()
             .expect("start vm_syslog");
         let mut daemon = Daemon {
