@@ -1,7 +1,7 @@
 //! One running process's I/O stream (see `vm_proto::stream` for the protocol). Four small
 //! threads, each with one job:
 //!
-//! - a pump per output fd: read the pipe (or terminal master), send STDOUT/STDERR frames.
+//! - the pump: read the output pipes (or the terminal master), send STDOUT/STDERR frames.
 //!   A blocked send stops the reading, so a host that stops reading blocks the process;
 //! - the stdin writer: write granted STDIN bytes to the process, then grant that much
 //!   credit again, so at most `STDIN_WINDOW` bytes ever wait here;
@@ -125,12 +125,14 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
     } = fds;
     let tty = master.is_some();
 
-    let mut pumps = Vec::new();
-    for (fd, kind) in [(Some(stdout), Kind::Stdout), (stderr, Kind::Stderr)] {
-        let Some(fd) = fd else { continue };
+    let outputs = [(Some(stdout), Kind::Stdout), (stderr, Kind::Stderr)]
+        .into_iter()
+        .filter_map(|(fd, kind)| fd.map(|fd| (fd, kind)))
+        .collect();
+    let pumper = {
         let (sink, stop) = (sink.clone(), stop.clone());
-        pumps.push(std::thread::spawn(move || pump(fd, kind, &sink, &stop)));
-    }
+        std::thread::spawn(move || pump(outputs, &sink, &stop))
+    };
     let (stdin_tx, stdin_rx) = unbounded();
     // Stdin bytes received and not yet written: never more than the credit window.
     let held = Arc::new(AtomicU64::new(0));
@@ -167,9 +169,7 @@ pub fn serve(conn: UnixStream, process: Process) -> Option<Exit> {
 
     let exit = exit.recv().ok();
     stop.fire();
-    for pump in pumps {
-        let _ = pump.join();
-    }
+    let _ = pumper.join();
     let _ = writer.join();
     finished.store(true, Ordering::SeqCst);
     if let Some(exit) = exit {
@@ -195,49 +195,62 @@ fn hang_up(pid: i32) {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP);
 }
 
-/// Output fd → frames of `kind`, until EOF, or until stopped and drained.
-fn pump(from: OwnedFd, kind: Kind, sink: &FrameSink, stop: &Stop) {
+/// Output fds → frames of their kind, until each is at EOF, or until stopped and drained.
+/// One thread serves stdout and stderr: they share the connection, so a host that stops
+/// reading stops both either way.
+fn pump(mut outputs: Vec<(OwnedFd, Kind)>, sink: &FrameSink, stop: &Stop) {
     let mut frame = DataFrame::new();
     let mut stopping = false;
     let mut drained = 0usize;
-    // After a short read the fd is (almost surely) empty: wait before reading again rather
-    // than pay for a read that fails with EAGAIN (system calls are dear in an emulated guest).
-    let mut wait_first = false;
-    loop {
+    // Wait before reading unless the last round filled a frame: after a short read the fd is
+    // (almost surely) empty, and a read that fails with EAGAIN costs a system call, dear in
+    // an emulated guest.
+    let mut wait_first = true;
+    while !outputs.is_empty() {
+        let mut ready = vec![true; outputs.len()];
         if wait_first && !stopping {
-            wait_first = false;
-            match sys::wait_or_stop(from.as_fd(), PollFlags::POLLIN, stop.pipe_r.as_fd()) {
-                Ok((_, true)) => stopping = true,
-                Ok(_) => {}
+            let fds: Vec<_> = outputs.iter().map(|(fd, _)| fd.as_fd()).collect();
+            match sys::wait_any_or_stop(&fds, PollFlags::POLLIN, stop.pipe_r.as_fd()) {
+                Ok((readable, stopped)) => {
+                    stopping = stopped;
+                    if !stopped {
+                        ready = readable;
+                    }
+                }
                 Err(_) => return,
             }
         }
-        match nix::unistd::read(&from, frame.space()) {
-            Ok(0) => return,
-            Ok(n) => {
-                wait_first = n < stream::DATA_CHUNK;
-                if sink.send_raw(frame.frame(kind, n)).is_err() {
-                    return; // the host is gone: closing `from` gives the process EPIPE
-                }
-                if stopping {
-                    drained += n;
-                    if drained > DRAIN_LIMIT {
-                        return;
+        wait_first = true;
+        let mut keep = Vec::with_capacity(outputs.len());
+        for ((fd, kind), is_ready) in outputs.drain(..).zip(ready) {
+            if !is_ready {
+                keep.push((fd, kind));
+                continue;
+            }
+            match nix::unistd::read(&fd, frame.space()) {
+                Ok(0) => continue, // EOF: done with this one
+                Ok(n) => {
+                    if n == stream::DATA_CHUNK {
+                        wait_first = false;
+                    }
+                    if sink.send_raw(frame.frame(kind, n)).is_err() {
+                        return; // the host is gone: closing the fds gives the process EPIPE
+                    }
+                    if stopping {
+                        drained += n;
+                        if drained > DRAIN_LIMIT {
+                            return;
+                        }
                     }
                 }
+                Err(Errno::EAGAIN) if stopping => continue, // drained
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                // EIO: a terminal whose slave side every process has closed.
+                Err(_) => continue,
             }
-            Err(Errno::EAGAIN) if stopping => return,
-            Err(Errno::EAGAIN) => {
-                match sys::wait_or_stop(from.as_fd(), PollFlags::POLLIN, stop.pipe_r.as_fd()) {
-                    Ok((_, true)) => stopping = true,
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-            Err(Errno::EINTR) => {}
-            // EIO: a terminal whose slave side every process has closed.
-            Err(_) => return,
+            keep.push((fd, kind));
         }
+        outputs = keep;
     }
 }
 

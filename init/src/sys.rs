@@ -373,20 +373,30 @@ pub fn wait_or_stop(
     events: nix::poll::PollFlags,
     stop: std::os::fd::BorrowedFd<'_>,
 ) -> Result<(bool, bool), Errno> {
+    let (ready, stopped) = wait_any_or_stop(&[fd], events, stop)?;
+    Ok((ready[0], stopped))
+}
+
+/// Waits until one of `fds` has `events` or `stop` is readable. Returns which fds are
+/// ready (an error or hang-up counts), and whether `stop` is.
+pub fn wait_any_or_stop(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    events: nix::poll::PollFlags,
+    stop: std::os::fd::BorrowedFd<'_>,
+) -> Result<(Vec<bool>, bool), Errno> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [
-        PollFd::new(fd, events),
-        PollFd::new(stop, PollFlags::POLLIN),
-    ];
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, events)).collect();
+    polled.push(PollFd::new(stop, PollFlags::POLLIN));
     loop {
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut polled, PollTimeout::NONE) {
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
         }
     }
     let any = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-    Ok((any(&fds[0]), any(&fds[1])))
+    let stopped = polled.pop().is_some_and(|f| any(&f));
+    Ok((polled.iter().map(any).collect(), stopped))
 }
 
 /// In a freshly forked child whose stdin is a terminal: become a process group of our own

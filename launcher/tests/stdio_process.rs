@@ -72,6 +72,32 @@ fn run_keeps_stdout_and_stderr_apart_and_passes_eof() {
     assert_eq!(out.stdout, b"done\n", "{}", show(&out));
 }
 
+/// One pump reads both output pipes: megabytes written to both at once arrive byte-exact,
+/// each on its own stream.
+#[test]
+fn run_carries_stdout_and_stderr_written_at_once_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(8 << 20);
+    let file = dir.path().join("data");
+    std::fs::write(&file, &data).unwrap();
+    let script = format!("cat {0} & cat {0} >&2; wait", file.display());
+    let out = run_cmd(dir.path(), &["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        out.stdout == data,
+        "stdout: {} bytes differ",
+        out.stdout.len()
+    );
+    assert!(
+        out.stderr == data,
+        "stderr: {} bytes differ",
+        out.stderr.len()
+    );
+}
+
 #[test]
 fn run_exit_codes_are_a_shells() {
     let dir = tempfile::tempdir().unwrap();
