@@ -156,9 +156,9 @@ fn start_on_inherited(
     let fds = [dgram.as_raw_fd(), stream.as_raw_fd()];
     let mut cmd = Daemon::command(dir, token, host);
     cmd.args(["--socket-fd", "3", "--stream-socket-fd", "4", "--no-kmsg"]);
-    // SAFETY: only dup2, which is async-signal-safe, between fork and exec. The sources are
-    // above 4 in this test process (the test harness holds 0-2 and more), so moving one
-    // into 3 or 4 cannot overwrite the other before it is moved.
+    // The sources are above 4 in this test process (the harness holds 0-2 and more), so
+    // moving one into 3 or 4 cannot overwrite the other before it is moved.
+    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             for (target, fd) in fds.into_iter().enumerate() {
