@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::exec_io::{self, SessionFds};
 use crate::exec_session::{self, Process};
 use crate::spawn::{self, ChildStdio, ProcessSpec, SpawnError, Stdio};
-use crate::stream_accept::{Admit, Refusals, StreamService};
+use crate::stream_accept::{self, Admit, Refusals, StreamService};
 use crate::{container, container_enter, info, launch};
 
 /// HELLO and START must arrive within this time of connecting.
@@ -47,16 +47,9 @@ fn refuse(conn: &mut UnixStream, why: &str) {
 }
 
 fn serve_connection(ctx: &Arc<Context>, fd: OwnedFd, token: &Token) {
-    // The listener hands out non-blocking sockets (for grpcio); these threads block. A vsock
-    // or Unix socket fd both work as a UnixStream: read, write and shutdown are the same
-    // socket calls for either family.
-    let mut conn = UnixStream::from(fd);
-    let setup = conn
-        .set_nonblocking(false)
-        .and_then(|()| conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT)));
-    if setup.is_err() {
+    let Some(mut conn) = stream_accept::blocking_stream(fd, HANDSHAKE_TIMEOUT) else {
         return;
-    }
+    };
     let req = match handshake(&mut conn, token) {
         Ok(req) => req,
         Err(why) => return refuse(&mut conn, &why),

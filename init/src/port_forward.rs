@@ -27,7 +27,7 @@ use vm_proto::stream;
 use vm_proto::Token;
 
 use crate::context::Context;
-use crate::stream_accept::{Admit, Refusals, StreamService};
+use crate::stream_accept::{self, Admit, Refusals, StreamService};
 
 /// HELLO and the request must arrive within this time of connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,15 +152,9 @@ fn refuse(conn: &mut UnixStream, why: &str) {
 }
 
 fn serve_connection(shared: &Shared, fd: OwnedFd) {
-    // Non-blocking from the listener (made for grpcio); these threads block. A vsock or
-    // Unix fd: the same socket calls either way.
-    let mut conn = UnixStream::from(fd);
-    let setup = conn
-        .set_nonblocking(false)
-        .and_then(|()| conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT)));
-    if setup.is_err() {
+    let Some(mut conn) = stream_accept::blocking_stream(fd, HANDSHAKE_TIMEOUT) else {
         return;
-    }
+    };
     let request = match handshake(&mut conn, &shared.token) {
         Ok(request) => request,
         Err(why) => return refuse(&mut conn, &why),

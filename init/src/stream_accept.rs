@@ -6,6 +6,7 @@
 //! guest can cause them, so the log stays bounded).
 
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -35,6 +36,18 @@ impl Refusals {
             warn!("{}: {what} ({n} so far)", self.service);
         }
     }
+}
+
+/// An accepted connection as the blocking stream a service thread reads: the listener hands
+/// out non-blocking sockets (for grpcio). A vsock or Unix fd works as a UnixStream either
+/// way: read, write and shutdown are the same socket calls. The opening frames must come
+/// within `handshake`. None if the socket cannot be set up (the peer is gone).
+pub fn blocking_stream(fd: OwnedFd, handshake: Duration) -> Option<UnixStream> {
+    let conn = UnixStream::from(fd);
+    conn.set_nonblocking(false)
+        .and_then(|()| conn.set_read_timeout(Some(handshake)))
+        .ok()?;
+    Some(conn)
 }
 
 /// What a service does with one accepted connection, on the accepting thread: it must not

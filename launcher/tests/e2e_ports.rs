@@ -18,14 +18,6 @@ const GUEST_FORWARD: u16 = 7000;
 const HTTPD_APP: &str = "mkdir -p /tmp/www && echo hello-from-guest > /tmp/www/index.html \
                          && exec httpd -f -p 8080 -h /tmp/www";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A host service for `--forward`: reads one line, answers `host-got:<line>`, closes.
 /// Stops accepting when dropped.
 fn host_service() -> TcpServer {

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ensure_maitred, launcher, random_bytes, spawn_until_ready, TcpServer};
+use common::{ensure_maitred, free_port, launcher, random_bytes, spawn_until_ready, TcpServer};
 
 fn run_cmd(runtime: &Path, flags: &[String]) -> Command {
     ensure_maitred();
@@ -24,15 +24,6 @@ fn run_cmd(runtime: &Path, flags: &[String]) -> Command {
         .args(flags)
         .args(["--", "sh", "-c", "echo ready; exec sleep 600"]);
     c
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A running `vm_launcher run` with ports; stopped (and its maitred with it) when dropped.

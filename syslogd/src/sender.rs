@@ -286,6 +286,16 @@ mod tests {
         }
     }
 
+    /// A sender running `buffer` into `mock` with quick timings, its error lines discarded.
+    fn run_on_a_thread(buffer: &Arc<Buffer>, mock: &Mock) -> std::thread::JoinHandle<SenderStats> {
+        let (b, m) = (buffer.clone(), mock.clone());
+        std::thread::spawn(move || {
+            Sender::new(&b, m, fast())
+                .with_error_output(Vec::new())
+                .run()
+        })
+    }
+
     #[test]
     fn run_host_up_delivers_everything_in_order() {
         let buffer = Buffer::new(1 << 20, 100);
@@ -313,12 +323,7 @@ mod tests {
         let buffer = Arc::new(Buffer::new(1 << 20, 1 << 16));
         let mock = Mock::default();
         *mock.down.lock().unwrap() = true;
-        let (b, m) = (buffer.clone(), mock.clone());
-        let sender = std::thread::spawn(move || {
-            Sender::new(&b, m, fast())
-                .with_error_output(Vec::new())
-                .run()
-        });
+        let sender = run_on_a_thread(&buffer, &mock);
         for i in 0..1000 {
             buffer.push(Kind::User, rec(&format!("{i}")), None);
         }
@@ -346,12 +351,7 @@ mod tests {
         let buffer = Arc::new(Buffer::new(cost * 10, cost * 4));
         let mock = Mock::default();
         *mock.down.lock().unwrap() = true;
-        let (b, m) = (buffer.clone(), mock.clone());
-        let sender = std::thread::spawn(move || {
-            Sender::new(&b, m, fast())
-                .with_error_output(Vec::new())
-                .run()
-        });
+        let sender = run_on_a_thread(&buffer, &mock);
         buffer.push(Kind::User, rec("0000"), None);
         // Wait until the sender holds the first record as its batch.
         while buffer.waiting().0 != 0 {
@@ -421,12 +421,7 @@ mod tests {
         let buffer = Arc::new(Buffer::new(1 << 20, 1));
         let mock = Mock::default();
         *mock.down.lock().unwrap() = true;
-        let (b, m) = (buffer.clone(), mock.clone());
-        let sender = std::thread::spawn(move || {
-            Sender::new(&b, m, fast())
-                .with_error_output(Vec::new())
-                .run()
-        });
+        let sender = run_on_a_thread(&buffer, &mock);
         buffer.push(Kind::User, rec("a"), None);
         while *mock.calls.lock().unwrap() < 3 {
             std::thread::sleep(Duration::from_millis(1));

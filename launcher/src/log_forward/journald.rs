@@ -177,7 +177,6 @@ pub mod tests {
     use std::io::{IoSliceMut, Read, Seek};
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::net::UnixDatagram;
-    use vm_proto::protos::common::Timestamp;
     use vm_proto::protos::host::{LogSeverity, SdElement, SdParam};
 
     /// Splits an entry into its fields, both forms (what journald does).
@@ -250,16 +249,8 @@ pub mod tests {
     }
 
     fn record(content: &[u8]) -> LogRecord {
-        let mut r = LogRecord::new();
-        r.set_severity(LogSeverity::ERROR);
+        let mut r = rfc5424::tests::record(LogSeverity::ERROR, "myapp", 42, content);
         r.set_facility(3);
-        r.set_app_name("myapp".into());
-        r.set_pid(42);
-        r.set_content(content.to_vec());
-        let mut ts = Timestamp::new();
-        ts.set_seconds(1_795_735_256);
-        ts.set_nanos(792_737_123);
-        r.set_timestamp(ts);
         r
     }
 

@@ -148,11 +148,12 @@ pub fn line(tag: &str, kernel: bool, record: &LogRecord) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vm_proto::protos::common::Timestamp;
 
-    fn record(severity: LogSeverity, app: &str, pid: u32, content: &[u8]) -> LogRecord {
+    /// A record as the guest sends it, with a fixed timestamp (also for the other sinks' tests).
+    pub(crate) fn record(severity: LogSeverity, app: &str, pid: u32, content: &[u8]) -> LogRecord {
         let mut r = LogRecord::new();
         r.set_severity(severity);
         r.set_app_name(app.into());

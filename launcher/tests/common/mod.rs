@@ -299,6 +299,15 @@ pub fn drain(sink: UnixDatagram, stop: Arc<AtomicBool>) -> std::thread::JoinHand
 }
 
 /// `len` random bytes from the kernel.
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn random_bytes(len: usize) -> Vec<u8> {
     use std::io::Read;
     let mut data = vec![0u8; len];
