@@ -153,11 +153,21 @@ fn start_on_inherited(
 ) -> std::process::Child {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let fds = [dgram.as_raw_fd(), stream.as_raw_fd()];
+    // Copies numbered 10 and up, so that moving one into 3 or 4 in the child cannot
+    // overwrite the other before it is moved (the sockets themselves may be 3 and 4).
+    let copies: Vec<std::os::fd::OwnedFd> = [dgram.as_raw_fd(), stream.as_raw_fd()]
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC takes integers and returns a new descriptor or -1.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+            assert!(copy >= 10, "fcntl: {}", std::io::Error::last_os_error());
+            // SAFETY: `copy` was just returned by fcntl, is open, and nothing else owns it.
+            unsafe { std::os::fd::FromRawFd::from_raw_fd(copy) }
+        })
+        .collect();
+    let fds = [copies[0].as_raw_fd(), copies[1].as_raw_fd()];
     let mut cmd = Daemon::command(dir, token, host);
     cmd.args(["--socket-fd", "3", "--stream-socket-fd", "4", "--no-kmsg"]);
-    // The sources are above 4 in this test process (the harness holds 0-2 and more), so
-    // moving one into 3 or 4 cannot overwrite the other before it is moved.
     // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -181,7 +191,6 @@ fn inherited_sockets_lose_nothing_before_start_or_across_a_restart() {
     // Bound by "maitred" (this test) before any vm_syslog runs.
     let dgram = std::os::unix::net::UnixDatagram::bind(dir.path().join("log")).unwrap();
     let stream = std::os::unix::net::UnixListener::bind(dir.path().join("log-stream")).unwrap();
-    assert!(dgram.as_raw_fd_above(4) && stream.as_raw_fd_above(4));
     let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
     let send = |what: &str| {
         sender
@@ -239,14 +248,4 @@ fn an_inherited_fd_that_is_not_the_right_socket_exits_1_saying_so() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("inherited fd 9: not an open socket"), "{err}");
-}
-
-trait AboveStdio {
-    fn as_raw_fd_above(&self, fd: i32) -> bool;
-}
-
-impl<T: std::os::fd::AsRawFd> AboveStdio for T {
-    fn as_raw_fd_above(&self, fd: i32) -> bool {
-        self.as_raw_fd() > fd
-    }
 }
