@@ -4,7 +4,8 @@
  * crashes, the others wait in pause(). HOG_MIB MiB are allocated and touched first.
  * $CRASHME_TID_FILE, if set, receives the crashing thread's id; the program prints "ready"
  * once every thread is up. With $CRASHME_DEEP set, the waiting threads wait below a 128 KiB
- * stack frame (big stacks for the size-limit tests). */
+ * stack frame (big stacks for the size-limit tests), and the crash waits until every one is
+ * down there, so the stacks are as big whatever the load. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -14,7 +15,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static pthread_barrier_t ready;
+static pthread_barrier_t ready, deep;
+static int deep_mode;
 static volatile int zero = 0, numerator = 7;
 static const char *how = "segv";
 
@@ -42,13 +44,14 @@ __attribute__((noinline)) void crash_here(void) {
 __attribute__((noinline)) static void wait_deep(void) {
     volatile char frame[128 << 10];
     for (size_t i = 0; i < sizeof frame; i += 512) frame[i] = (char)i;
+    pthread_barrier_wait(&deep);
     for (;;) pause();
 }
 
 static void *idle_thread(void *arg) {
     (void)arg;
     pthread_barrier_wait(&ready);
-    if (getenv("CRASHME_DEEP") != NULL) wait_deep();
+    if (deep_mode) wait_deep();
     for (;;) pause();
     return NULL;
 }
@@ -56,6 +59,7 @@ static void *idle_thread(void *arg) {
 static void *crash_thread(void *arg) {
     (void)arg;
     pthread_barrier_wait(&ready);
+    if (deep_mode) pthread_barrier_wait(&deep);
     crash_here();
     return NULL;
 }
@@ -71,6 +75,8 @@ int main(int argc, char **argv) {
     }
     if (threads < 1) threads = 1;
     pthread_barrier_init(&ready, NULL, (unsigned)threads);
+    deep_mode = getenv("CRASHME_DEEP") != NULL && threads > 1;
+    if (deep_mode) pthread_barrier_init(&deep, NULL, (unsigned)(threads - 1));
     for (int i = 1; i < threads; i++) {
         pthread_t t;
         pthread_create(&t, NULL, i == threads - 1 ? crash_thread : idle_thread, NULL);
